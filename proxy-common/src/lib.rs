@@ -1,0 +1,63 @@
+//! The map contract between the kernel program (`proxy-ebpf`) and the agent (`proxy-user`).
+//!
+//! Every map is keyed by the socket cookie: `bpf_get_socket_cookie(skb)` in the kernel and
+//! `getsockopt(SO_COOKIE)` in userspace give the same id for the same socket.
+//!
+//! Each value has exactly one writer per field, so neither side ever overwrites the other's
+//! update: userspace replaces [`Handoff`] values whole, and the verdict program updates
+//! [`SockCounters`] in place.
+
+#![no_std]
+
+/// The SOCKHASH of every proxied socket, inserted by userspace at accept or connect time.
+/// The stream verdict program is attached to it.
+pub const SOCKS_MAP: &str = "SOCKS";
+/// `cookie -> Handoff`: present once userspace hands that socket's direction to the kernel.
+pub const HANDOFF_MAP: &str = "HANDOFF";
+/// `cookie -> SockCounters`: what the verdict did with each socket's bytes.
+pub const COUNTERS_MAP: &str = "COUNTERS";
+
+/// Capacity of every per-socket map: two sockets per connection.
+pub const MAX_SOCKETS: u32 = 1 << 17;
+
+/// How userspace hands one direction (the bytes received on the key socket) to the kernel.
+///
+/// Written whole by userspace, never by the kernel; read by the verdict program.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handoff {
+    /// Cookie of the socket that the key socket's bytes are redirected to.
+    /// Written by userspace; read by the verdict.
+    pub peer: u64,
+    /// How many bytes of this socket userspace has read and already written to the peer.
+    /// The verdict redirects only while `go == SockCounters::passed`, so every byte it passed
+    /// to userspace is written to the peer before any later byte is redirected.
+    /// Written by userspace; read by the verdict.
+    pub go: u64,
+}
+
+/// Per-socket counters of the verdict program.
+///
+/// Created zeroed by userspace before the socket enters [`SOCKS_MAP`] and deleted by
+/// userspace when the connection ends; in between only the verdict writes it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockCounters {
+    /// Bytes the verdict passed to this socket's own receive queue for userspace to read.
+    /// Written by the verdict; read by userspace (to know the handoff is complete).
+    pub passed: u64,
+    /// Bytes the verdict redirected to the peer's send side.
+    /// Written by the verdict; read by userspace (FIN drain check, byte counts, idleness).
+    pub redirected: u64,
+    /// Redirects that failed (peer gone from the map); those bytes were passed instead.
+    /// Written by the verdict; read by userspace (logs and tests).
+    pub redirect_failures: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: both are repr(C), Copy, made only of u64s, so they have no padding and every
+    // bit pattern is valid.
+    unsafe impl aya::Pod for super::Handoff {}
+    unsafe impl aya::Pod for super::SockCounters {}
+}

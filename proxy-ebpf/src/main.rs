@@ -1,0 +1,88 @@
+//! sockgate's kernel side: one `sk_skb/stream_verdict` program on a SOCKHASH that splices
+//! each handed-off socket to its peer. Policy never lives here; this only moves bytes.
+
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, sk_action::SK_PASS},
+    helpers::bpf_get_socket_cookie,
+    macros::{map, stream_verdict},
+    maps::{HashMap, SockHash},
+    programs::SkBuffContext,
+};
+use aya_log_ebpf::{info, warn};
+use proxy_common::{Handoff, MAX_SOCKETS, SockCounters};
+
+#[map(name = "SOCKS")]
+static SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_SOCKETS, 0);
+
+// NO_PREALLOC: an element replaced by userspace is freed only after an RCU grace period, so
+// the verdict never reads a recycled element.
+#[map(name = "HANDOFF")]
+static HANDOFF: HashMap<u64, Handoff> = HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: HashMap<u64, SockCounters> =
+    HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
+
+/// Every return is SK_PASS, with or without a redirect set. SK_DROP would discard bytes the
+/// kernel has already ACKed (sk_psock_verdict_apply, net/core/skmsg.c), so it is never used.
+#[stream_verdict]
+pub fn sockgate_verdict(ctx: SkBuffContext) -> u32 {
+    try_verdict(&ctx)
+}
+
+#[inline(always)]
+fn try_verdict(ctx: &SkBuffContext) -> u32 {
+    // SAFETY: the helper only reads the skb's socket.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.skb.skb.cast()) };
+    let len = u64::from(ctx.len());
+    // Not ours (no counters yet or any more): the socket's own queue, where recv() reads it.
+    let Some(counters) = COUNTERS.get_ptr_mut(cookie) else {
+        return SK_PASS;
+    };
+    // SAFETY: only this program writes the counters, and verdicts for one socket run
+    // serialised under its lock (tcp_read_skb), so this is the only writer.
+    let counters = unsafe { &mut *counters };
+    // Not handed off yet, or userspace has not caught up with what it was passed: pass, so
+    // that userspace writes those bytes to the peer before anything later is redirected.
+    let handoff = match HANDOFF.get_ptr(cookie) {
+        // SAFETY: a NO_PREALLOC element stays valid for this RCU read section; copy it out.
+        Some(h) => unsafe { *h },
+        None => return pass(counters, len),
+    };
+    if handoff.go != counters.passed {
+        return pass(counters, len);
+    }
+    let mut peer = handoff.peer;
+    // Egress redirect (flags 0): the skb is sent out of the peer socket. A miss returns
+    // SK_DROP without setting a redirect (bpf_sk_redirect_hash, net/core/sock_map.c); we pass
+    // instead so nothing is lost.
+    if SOCKS.redirect_skb(ctx, &mut peer, 0) != i64::from(SK_PASS) {
+        counters.redirect_failures += 1;
+        warn!(ctx, "sock {}: redirect to {} failed, {} bytes passed", cookie, peer, len);
+        return pass(counters, len);
+    }
+    if counters.redirected == 0 {
+        info!(ctx, "sock {}: first skb spliced to {} ({} bytes)", cookie, peer, len);
+    }
+    counters.redirected += len;
+    SK_PASS
+}
+
+#[inline(always)]
+fn pass(counters: &mut SockCounters, len: u64) -> u32 {
+    counters.passed += len;
+    SK_PASS
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,5 @@
+//! Subcommands of the `sockgate` binary. These are edges: they return `anyhow` errors.
+
+pub mod check;
+pub mod decide;
+pub mod relay;

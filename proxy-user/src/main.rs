@@ -1,0 +1,42 @@
+//! The `sockgate` binary: wiring only; each subcommand lives in `proxy_user::cli`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use proxy_user::cli;
+
+#[derive(Parser)]
+#[command(name = "sockgate", version, about = "FQDN-filtering forward proxy with an in-kernel splice")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config file and print a one-line summary.
+    Check(cli::check::Args),
+    /// Print the policy decision for one name as JSON.
+    Decide(cli::decide::Args),
+    /// A plain TCP relay (no TLS, no policy) over a chosen datapath, for benchmarks and debugging.
+    Relay(cli::relay::Args),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format_timestamp_micros()
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check(args) => cli::check::run(args),
+        Command::Decide(args) => cli::decide::run(args),
+        Command::Relay(args) => cli::relay::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("sockgate: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

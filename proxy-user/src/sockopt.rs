@@ -1,0 +1,108 @@
+//! The raw socket options and ioctls the datapath needs, as small safe wrappers.
+
+use std::{io, mem, os::fd::AsRawFd};
+
+fn check(ret: libc::c_int) -> io::Result<()> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn getsockopt<T: Default>(fd: &impl AsRawFd, level: i32, name: i32) -> io::Result<T> {
+    let mut value = T::default();
+    let mut len = mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is a valid, writable T and `len` is its size.
+    check(unsafe {
+        libc::getsockopt(fd.as_raw_fd(), level, name, (&raw mut value).cast(), &mut len)
+    })?;
+    Ok(value)
+}
+
+fn setsockopt<T>(fd: &impl AsRawFd, level: i32, name: i32, value: T) -> io::Result<()> {
+    // SAFETY: `value` is a valid T for the duration of the call.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw const value).cast(),
+            mem::size_of::<T>() as libc::socklen_t,
+        )
+    })
+}
+
+/// The socket cookie: the same id `bpf_get_socket_cookie` gives the kernel program.
+pub fn cookie(fd: &impl AsRawFd) -> io::Result<u64> {
+    getsockopt::<u64>(fd, libc::SOL_SOCKET, libc::SO_COOKIE)
+}
+
+/// Makes the kernel run the verdict on data queued before the socket entered the map
+/// (DESIGN.md, "the kick"): setting SO_RCVLOWAT calls the socket's data-ready callback.
+pub fn kick(fd: &impl AsRawFd) -> io::Result<()> {
+    setsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, 1)
+}
+
+/// Sets the send buffer, above `wmem_max` when we have CAP_NET_ADMIN.
+pub fn set_send_buffer(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+    let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, bytes)
+        .or_else(|_| setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes))
+}
+
+/// Makes the next close send RST instead of FIN.
+pub fn set_linger_zero(fd: &impl AsRawFd) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, linger)
+}
+
+/// Bytes in the send queue not yet acknowledged by the peer (SIOCOUTQ).
+pub fn send_queue(fd: &impl AsRawFd) -> io::Result<u64> {
+    let mut value: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ writes one int.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut value) })?;
+    Ok(value as u64)
+}
+
+/// The parts of `struct tcp_info` the datapath reads.
+#[derive(Clone, Copy, Debug)]
+pub struct TcpInfo {
+    /// TCP state (`TCP_ESTABLISHED` = 1, ...).
+    pub state: u8,
+    /// Bytes the peer has acknowledged.
+    pub bytes_acked: u64,
+    /// Bytes received from the peer.
+    pub bytes_received: u64,
+}
+
+/// Reads `TCP_INFO`.
+pub fn tcp_info(fd: &impl AsRawFd) -> io::Result<TcpInfo> {
+    // SAFETY: tcp_info is plain old data; all-zero is valid.
+    let info: libc::tcp_info = unsafe { mem::zeroed() };
+    let mut info = info;
+    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is writable for `len` bytes.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(TcpInfo {
+        state: info.tcpi_state,
+        bytes_acked: info.tcpi_bytes_acked,
+        bytes_received: info.tcpi_bytes_received,
+    })
+}
+
+/// TCP_ESTABLISHED from include/net/tcp_states.h.
+pub const TCP_ESTABLISHED: u8 = 1;
+/// TCP_CLOSE_WAIT: the peer half-closed; we may still send.
+pub const TCP_CLOSE_WAIT: u8 = 8;

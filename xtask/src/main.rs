@@ -1,0 +1,45 @@
+//! `cargo xtask`: setup, build, run, test, bench and fuzz for sockgate.
+
+mod bench;
+mod build;
+mod exec;
+mod fuzz;
+mod run;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install everything the build and tests need (idempotent).
+    Setup,
+    /// Build the eBPF program and the `sockgate` binary.
+    Build(build::Args),
+    /// Set up, build, and run sockgate with examples/sockgate.toml.
+    Run(run::Args),
+    /// Set up, build, and run every test (needs root for the BPF and netns tests).
+    Test(test::Args),
+    /// Benchmarks: prints tables of medians and ratios.
+    Bench(bench::Args),
+    /// Run the cargo-fuzz targets.
+    Fuzz(fuzz::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Build(args) => build::run(&args),
+        Command::Run(args) => run::run(args),
+        Command::Test(args) => test::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Fuzz(args) => fuzz::run(args),
+    }
+}
