@@ -1,0 +1,155 @@
+//! The TOML config: serde defaults first, then [`Config::validate`] with typed errors that
+//! name the rule or listener and the field. See `examples/sockgate.toml` for every key.
+//!
+//! TOML because operators comment their policies. Unknown keys are errors, so a typo does
+//! not silently fall back to a default.
+
+pub mod duration;
+mod limits;
+mod listener;
+mod policy;
+mod resolver;
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Deserialize;
+
+pub use limits::{LimitError, Limits, MAX_CLIENT_HELLO, MIN_CLIENT_HELLO};
+pub use listener::{ListenerConfig, ListenerError, ListenerKind, ListenerMode, ListenerProblem};
+pub use policy::{DenyWith, PolicyConfig, RuleConfig};
+pub use resolver::{NameServer, ResolverConfig, ResolverError};
+
+use crate::policy::PolicyError;
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// How allowed connections are relayed once the handshake is checked.
+    #[serde(default)]
+    pub datapath: Datapath,
+    /// `[policy]`.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// `[[listener]]`.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// `[resolver]`.
+    #[serde(default)]
+    pub resolver: ResolverConfig,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// How bytes flow once a connection is handed off.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Datapath {
+    /// sockmap when the kernel program loads, else splice.
+    #[default]
+    Auto,
+    /// The in-kernel BPF sockmap redirect.
+    Sockmap,
+    /// splice(2) through a pipe.
+    Splice,
+    /// A userspace copy loop.
+    Copy,
+}
+
+/// Why a config cannot be used. The operator caused every one of them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse, or a value has the wrong type or an unknown key.
+    #[error("{origin}:{position}: {message}")]
+    Syntax {
+        /// The file (or other origin) of the text.
+        origin: String,
+        /// Where in it.
+        position: Position,
+        /// What the parser said.
+        message: String,
+    },
+    /// A policy rule is invalid.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// A listener is invalid.
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    /// The resolver settings are invalid.
+    #[error(transparent)]
+    Resolver(#[from] ResolverError),
+    /// A limit is invalid.
+    #[error(transparent)]
+    Limits(#[from] LimitError),
+}
+
+/// A 1-based line and column in a config file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    /// The line, from 1.
+    pub line: usize,
+    /// The column in characters, from 1.
+    pub column: usize,
+}
+
+impl Position {
+    /// The position of byte `offset` in `text`.
+    fn of(text: &str, offset: usize) -> Position {
+        let before = &text[..text.floor_char_boundary(offset.min(text.len()))];
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        Position {
+            line: before.matches('\n').count() + 1,
+            column: before[line_start..].chars().count() + 1,
+        }
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.column)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates config text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
+            origin: origin.to_owned(),
+            position: Position::of(text, e.span().map_or(0, |s| s.start)),
+            message: e.message().trim_end().replace('\n', "; "),
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks everything serde cannot: rule fields, listener modes, uniqueness, ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        crate::policy::validate(&self.policy)?;
+        listener::validate(&self.listeners)?;
+        self.resolver.validate()?;
+        self.limits.validate()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

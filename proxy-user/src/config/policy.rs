@@ -1,0 +1,70 @@
+//! The `[policy]` table. Rule fields are kept as written (strings and integers) so that
+//! `validate()` can name the rule and the field in its errors; [`crate::policy::Rule`]
+//! checks them.
+
+use serde::Deserialize;
+
+use crate::policy::Action;
+
+/// `[policy]`: the default, and the rules in file order.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// What happens when no rule matches a name.
+    #[serde(default = "deny")]
+    pub default: Action,
+    /// What happens when there is no name at all (no SNI, no CONNECT host) and no rule
+    /// without `fqdn` matches.
+    #[serde(default = "deny")]
+    pub no_sni: Action,
+    /// How a denied TLS connection is refused.
+    #[serde(default)]
+    pub deny_with: DenyWith,
+    /// `[[policy.rule]]`, in file order; the first match wins.
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        Self {
+            default: Action::Deny,
+            no_sni: Action::Deny,
+            deny_with: DenyWith::default(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+fn deny() -> Action {
+    Action::Deny
+}
+
+/// How a denied connection is refused.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DenyWith {
+    /// Close with a TCP reset.
+    #[default]
+    Reset,
+    /// Send a TLS alert (access_denied) before closing, when the client spoke TLS.
+    Alert,
+}
+
+/// One `[[policy.rule]]`, as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// A unique name, used in decisions and logs.
+    pub name: Option<String>,
+    /// `allow` or `deny`.
+    pub action: Option<String>,
+    /// Name patterns; absent matches any name and no name.
+    pub fqdn: Option<Vec<String>>,
+    /// Destination ports; absent matches any.
+    pub ports: Option<Vec<i64>>,
+    /// Source CIDRs; absent matches any.
+    pub sources: Option<Vec<String>>,
+    /// Protocols (tls, ssh, http, unknown, none); absent matches any.
+    pub protocols: Option<Vec<String>>,
+}

@@ -1,0 +1,200 @@
+//! FQDN normalisation and validation, applied to SNI names, CONNECT hosts and rule patterns
+//! alike, so that both sides of a match are spelled the same way.
+//!
+//! Normal form: ASCII lowercase, no trailing dot, internationalised labels as A-labels
+//! (punycode, via the `idna` crate). Invalid names are refused with a stable reason token.
+
+use std::borrow::Cow;
+use std::net::{IpAddr, Ipv6Addr};
+
+/// The longest name in octets, without the trailing dot (RFC 1035 2.3.4).
+pub const MAX_NAME_LEN: usize = 253;
+/// The longest label in octets (RFC 1035 2.3.4).
+pub const MAX_LABEL_LEN: usize = 63;
+
+/// Why a name is refused. `Display` is a stable snake_case token for decision records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum NameError {
+    /// The name is empty (or only a dot).
+    #[error("empty_name")]
+    EmptyName,
+    /// Two dots in a row, or a leading dot.
+    #[error("empty_label")]
+    EmptyLabel,
+    /// A label longer than 63 octets.
+    #[error("label_too_long")]
+    LabelTooLong,
+    /// A name longer than 253 octets.
+    #[error("name_too_long")]
+    NameTooLong,
+    /// A character other than a letter, digit, hyphen or underscore.
+    #[error("bad_character")]
+    BadCharacter,
+    /// An IP address; RFC 6066 3 forbids literal addresses in SNI.
+    #[error("ip_literal")]
+    IpLiteral,
+    /// An internationalised name that does not convert to A-labels, or a bad `xn--` label.
+    #[error("bad_idna")]
+    BadIdna,
+}
+
+/// Normalises and validates `name`; see the module docs.
+pub fn normalize(name: &str) -> Result<String, NameError> {
+    if name.is_empty() {
+        return Err(NameError::EmptyName);
+    }
+    if is_bracketed_or_v6(name) {
+        return Err(NameError::IpLiteral);
+    }
+    let name = name.strip_suffix('.').unwrap_or(name);
+    if name.is_empty() {
+        return Err(NameError::EmptyName);
+    }
+    // ASCII names (nearly all of them) skip the UTS 46 machinery unless they carry A-labels
+    // that need checking.
+    let ascii: Cow<'_, str> = if name.is_ascii() && !has_a_label(name) {
+        if name.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(name.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(name)
+        }
+    } else {
+        Cow::Owned(idna::domain_to_ascii(name).map_err(|_| NameError::BadIdna)?)
+    };
+    validate_ascii(&ascii)?;
+    Ok(ascii.into_owned())
+}
+
+/// Checks a lowercase ASCII name against the rules in the module docs.
+fn validate_ascii(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::EmptyName);
+    }
+    // A name whose last label is a number is an IPv4 address to URL parsers (WHATWG "ends in
+    // a number"), even in short forms like 127.1 or 0x7f.1; refuse them all.
+    let last = name.rsplit('.').next().unwrap_or(name);
+    if is_number(last) {
+        return Err(NameError::IpLiteral);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::NameTooLong);
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err(NameError::EmptyLabel);
+        }
+        if label.len() > MAX_LABEL_LEN {
+            return Err(NameError::LabelTooLong);
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Err(NameError::BadCharacter);
+        }
+    }
+    Ok(())
+}
+
+/// An IPv6 literal, bracketed or not (a colon is never valid in a name anyway).
+fn is_bracketed_or_v6(name: &str) -> bool {
+    let inner = name
+        .strip_prefix('[')
+        .and_then(|n| n.strip_suffix(']'))
+        .unwrap_or(name);
+    inner.parse::<Ipv6Addr>().is_ok() || name.parse::<IpAddr>().is_ok()
+}
+
+/// Whether any label starts with the ACE prefix `xn--` (any case).
+fn has_a_label(name: &str) -> bool {
+    name.split('.')
+        .any(|l| l.len() >= 4 && l[..4].eq_ignore_ascii_case("xn--"))
+}
+
+/// A decimal or 0x-hex number, as the WHATWG URL parser reads IPv4 parts.
+fn is_number(label: &str) -> bool {
+    if let Some(hex) = label
+        .strip_prefix("0x")
+        .or_else(|| label.strip_prefix("0X"))
+    {
+        return hex.bytes().all(|b| b.is_ascii_hexdigit());
+    }
+    !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn normal_forms() {
+        assert_eq!(normalize("Example.COM.").as_deref(), Ok("example.com"));
+        assert_eq!(normalize("api.github.com").as_deref(), Ok("api.github.com"));
+        assert_eq!(
+            normalize("_dmarc.example.com").as_deref(),
+            Ok("_dmarc.example.com")
+        );
+        assert_eq!(
+            normalize("bücher.example").as_deref(),
+            Ok("xn--bcher-kva.example")
+        );
+        assert_eq!(
+            normalize("BÜCHER.example").as_deref(),
+            Ok("xn--bcher-kva.example")
+        );
+        assert_eq!(
+            normalize("XN--BCHER-KVA.example").as_deref(),
+            Ok("xn--bcher-kva.example")
+        );
+        assert_eq!(
+            normalize("例え.テスト").as_deref(),
+            Ok("xn--r8jz45g.xn--zckzah")
+        );
+        assert_eq!(normalize("localhost").as_deref(), Ok("localhost"));
+        assert_eq!(normalize("1password.com").as_deref(), Ok("1password.com"));
+    }
+
+    #[test]
+    fn refused_names() {
+        let bad = |name: &str, why| assert_eq!(normalize(name), Err(why), "{name:?}");
+        bad("", NameError::EmptyName);
+        bad(".", NameError::EmptyName);
+        bad("a..b", NameError::EmptyLabel);
+        bad(".a.b", NameError::EmptyLabel);
+        bad("a.b..", NameError::EmptyLabel);
+        bad(&format!("{}.com", "a".repeat(64)), NameError::LabelTooLong);
+        let long = [
+            "a".repeat(63),
+            "b".repeat(63),
+            "c".repeat(63),
+            "d".repeat(61),
+        ]
+        .join(".");
+        assert_eq!(long.len(), 253);
+        assert!(normalize(&long).is_ok());
+        bad(&format!("{long}e"), NameError::NameTooLong);
+        bad("a b.com", NameError::BadCharacter);
+        bad("*.example.com", NameError::BadCharacter);
+        bad("ex%41mple.com", NameError::BadCharacter);
+        bad("example.com:443", NameError::BadCharacter);
+        bad("1.2.3.4", NameError::IpLiteral);
+        bad("1.2.3.4.", NameError::IpLiteral);
+        bad("127.1", NameError::IpLiteral);
+        bad("0x7f.1", NameError::IpLiteral);
+        bad("::1", NameError::IpLiteral);
+        bad("[2001:db8::1]", NameError::IpLiteral);
+        bad("１２７.０.０.１", NameError::IpLiteral);
+        bad("xn--zz.example", NameError::BadIdna);
+    }
+
+    proptest! {
+        #[test]
+        fn normal_form_is_a_fixed_point(name in "[a-zA-Z0-9_.ü-]{0,40}") {
+            if let Ok(once) = normalize(&name) {
+                prop_assert_eq!(normalize(&once), Ok(once.clone()));
+            }
+        }
+    }
+}

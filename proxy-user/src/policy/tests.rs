@@ -1,0 +1,283 @@
+use proptest::prelude::*;
+
+use super::*;
+use crate::config::RuleConfig;
+
+fn rule(name: &str, action: &str, fqdn: &[&str]) -> RuleConfig {
+    RuleConfig {
+        name: Some(name.into()),
+        action: Some(action.into()),
+        fqdn: Some(fqdn.iter().map(|s| s.to_string()).collect()),
+        ..RuleConfig::default()
+    }
+}
+
+fn policy(rules: Vec<RuleConfig>) -> Policy {
+    Policy::compile(&PolicyConfig {
+        rules,
+        ..PolicyConfig::default()
+    })
+    .unwrap()
+}
+
+fn tls(fqdn: &str) -> Query<'_> {
+    Query {
+        fqdn: Some(fqdn),
+        source: None,
+        port: None,
+        protocol: Protocol::Tls,
+    }
+}
+
+fn decided(p: &Policy, q: &Query<'_>) -> (Action, Option<String>, String) {
+    let d = p.decide(q);
+    (d.action, d.rule, d.reason.to_string())
+}
+
+#[test]
+fn pattern_semantics_and_first_match() {
+    let p = policy(vec![
+        rule("gist", "deny", &["gist.github.com"]),
+        rule("github", "allow", &["github.com", "*.github.com"]),
+        rule("content", "allow", &[".githubusercontent.com"]),
+        rule("wild", "deny", &["*.example"]),
+    ]);
+    let allow = |r: &str| (Action::Allow, Some(r.to_owned()), "rule".to_owned());
+    let deny = |r: &str| (Action::Deny, Some(r.to_owned()), "rule".to_owned());
+    let default = (Action::Deny, None, "default".to_owned());
+    assert_eq!(decided(&p, &tls("gist.github.com")), deny("gist"));
+    assert_eq!(decided(&p, &tls("GitHub.com.")), allow("github"));
+    assert_eq!(decided(&p, &tls("api.github.com")), allow("github"));
+    assert_eq!(decided(&p, &tls("a.b.github.com")), allow("github"));
+    assert_eq!(decided(&p, &tls("notgithub.com")), default);
+    assert_eq!(decided(&p, &tls("githubusercontent.com")), allow("content"));
+    assert_eq!(
+        decided(&p, &tls("raw.githubusercontent.com")),
+        allow("content")
+    );
+    assert_eq!(decided(&p, &tls("example")), default);
+    assert_eq!(decided(&p, &tls("x.example")), deny("wild"));
+    let d = p.decide(&tls("API.GitHub.com"));
+    assert_eq!(d.fqdn.as_deref(), Some("api.github.com"));
+}
+
+#[test]
+fn invalid_names_are_denied_whatever_the_rules() {
+    let mut any = rule("any", "allow", &[]);
+    any.fqdn = None;
+    let p = Policy::compile(&PolicyConfig {
+        default: Action::Allow,
+        rules: vec![any],
+        ..PolicyConfig::default()
+    })
+    .unwrap();
+    let d = p.decide(&tls("a..b"));
+    assert_eq!(
+        (d.action, d.rule, d.fqdn.as_deref(), d.reason.to_string()),
+        (
+            Action::Deny,
+            None,
+            Some("a..b"),
+            "invalid_name: empty_label".to_owned()
+        )
+    );
+    assert_eq!(
+        p.decide(&tls("10.0.0.1")).reason,
+        Reason::InvalidName(NameError::IpLiteral)
+    );
+    assert_eq!(
+        p.decide(&tls("")).reason,
+        Reason::InvalidName(NameError::EmptyName)
+    );
+}
+
+#[test]
+fn conditions_pick_the_first_rule_that_holds() {
+    let mut ssh = rule("ssh", "allow", &[".github.com"]);
+    ssh.ports = Some(vec![22]);
+    ssh.protocols = Some(vec!["ssh".into()]);
+    let mut office = rule("office", "allow", &["*.github.com"]);
+    office.sources = Some(vec!["10.0.0.0/8".into()]);
+    let block = rule("block", "deny", &["github.com", "api.github.com"]);
+    let p = policy(vec![ssh, office, block]);
+    let q = |fqdn, source: Option<&str>, port, protocol| Query {
+        fqdn: Some(fqdn),
+        source: source.map(|s| s.parse().unwrap()),
+        port,
+        protocol,
+    };
+    let rule_of = |q: Query<'_>| p.decide(&q).rule;
+    assert_eq!(
+        rule_of(q("github.com", None, Some(22), Protocol::Ssh)).as_deref(),
+        Some("ssh")
+    );
+    assert_eq!(
+        rule_of(q("github.com", None, Some(443), Protocol::Tls)).as_deref(),
+        Some("block")
+    );
+    assert_eq!(
+        rule_of(q(
+            "api.github.com",
+            Some("10.1.1.1"),
+            Some(443),
+            Protocol::Tls
+        ))
+        .as_deref(),
+        Some("office")
+    );
+    assert_eq!(
+        rule_of(q(
+            "api.github.com",
+            Some("192.0.2.1"),
+            Some(443),
+            Protocol::Tls
+        ))
+        .as_deref(),
+        Some("block")
+    );
+    assert_eq!(
+        rule_of(q("api.github.com", None, None, Protocol::Tls)).as_deref(),
+        Some("block")
+    );
+    assert_eq!(rule_of(q("x.github.com", None, None, Protocol::Tls)), None);
+}
+
+#[test]
+fn no_name_uses_name_less_rules_then_no_sni() {
+    let mut ssh = RuleConfig {
+        action: Some("allow".into()),
+        ports: Some(vec![22]),
+        ..RuleConfig::default()
+    };
+    ssh.protocols = Some(vec!["ssh".into(), "none".into()]);
+    let p = Policy::compile(&PolicyConfig {
+        no_sni: Action::Allow,
+        rules: vec![ssh],
+        ..PolicyConfig::default()
+    })
+    .unwrap();
+    let q = |port, protocol| Query {
+        fqdn: None,
+        source: None,
+        port: Some(port),
+        protocol,
+    };
+    let d = p.decide(&q(22, Protocol::None));
+    assert_eq!(
+        (d.action, d.rule.as_deref(), d.reason),
+        (Action::Allow, Some("#1"), Reason::Rule)
+    );
+    let d = p.decide(&q(443, Protocol::Tls));
+    assert_eq!(
+        (d.action, d.rule, d.reason),
+        (Action::Allow, None, Reason::NoSni)
+    );
+    // A name-less rule also matches named connections.
+    let d = p.decide(&Query {
+        fqdn: Some("example.com"),
+        ..q(22, Protocol::Ssh)
+    });
+    assert_eq!(d.rule.as_deref(), Some("#1"));
+}
+
+#[test]
+fn errors_name_the_rule_and_the_field() {
+    let err = |rules: Vec<RuleConfig>| {
+        Policy::compile(&PolicyConfig {
+            rules,
+            ..PolicyConfig::default()
+        })
+        .unwrap_err()
+        .to_string()
+    };
+    assert_eq!(
+        err(vec![rule("a", "permit", &["x.com"])]),
+        "rule #1 (\"a\"): field `action`: unknown action `permit` (expected allow or deny)"
+    );
+    assert_eq!(
+        err(vec![rule("a", "allow", &["*foo.com"])]),
+        "rule #1 (\"a\"): field `fqdn`: bad pattern `*foo.com`: `*` may only be the whole first label, as in `*.example.com`"
+    );
+    assert_eq!(
+        err(vec![rule("a", "allow", &["x..com"])]),
+        "rule #1 (\"a\"): field `fqdn`: bad pattern `x..com`: invalid name: empty_label"
+    );
+    let mut r = rule("a", "allow", &["x.com"]);
+    r.ports = Some(vec![0]);
+    assert_eq!(
+        err(vec![r]),
+        "rule #1 (\"a\"): field `ports`: port 0 out of range 1-65535"
+    );
+    let mut r = rule("b", "allow", &["x.com"]);
+    r.sources = Some(vec!["10.0.0.1/8".into()]);
+    assert_eq!(
+        err(vec![rule("a", "allow", &["y.com"]), r]),
+        "rule #2 (\"b\"): field `sources`: bad CIDR `10.0.0.1/8`: host bits set below the prefix"
+    );
+    let mut r = rule("a", "allow", &["x.com"]);
+    r.protocols = Some(vec!["quic".into()]);
+    assert_eq!(
+        err(vec![r]),
+        "rule #1 (\"a\"): field `protocols`: unknown protocol `quic` (expected tls, ssh, http, unknown or none)"
+    );
+    assert_eq!(
+        err(vec![
+            rule("a", "allow", &["x.com"]),
+            rule("a", "deny", &["y.com"])
+        ]),
+        "rule #2 (\"a\"): field `name`: duplicate name, already used by rule #1"
+    );
+    let unnamed = RuleConfig {
+        fqdn: Some(vec!["x.com".into()]),
+        ..RuleConfig::default()
+    };
+    assert_eq!(err(vec![unnamed]), "rule #1: field `action`: missing");
+    assert_eq!(
+        err(vec![rule("a", "allow", &[])]),
+        "rule #1 (\"a\"): field `fqdn`: empty list (leave the field out to match any)"
+    );
+}
+
+/// A rule for the property test: a pattern over a small alphabet of names, and maybe a
+/// port condition, so rules overlap often.
+fn arb_rule() -> impl Strategy<Value = RuleConfig> {
+    let label = prop::sample::select(vec!["a", "b", "c", "com"]);
+    let name = prop::collection::vec(label, 1..4).prop_map(|l| l.join("."));
+    let pattern =
+        (prop::sample::select(vec!["", "*.", "."]), name).prop_map(|(p, n)| format!("{p}{n}"));
+    (
+        prop::collection::vec(pattern, 0..3),
+        any::<bool>(),
+        prop::option::of(prop::sample::subsequence(vec![22i64, 443], 1..=2)),
+    )
+        .prop_map(|(fqdn, allow, ports)| RuleConfig {
+            name: None,
+            action: Some(if allow { "allow" } else { "deny" }.into()),
+            fqdn: (!fqdn.is_empty()).then_some(fqdn),
+            ports,
+            ..RuleConfig::default()
+        })
+}
+
+proptest! {
+    /// The trie agrees with a linear scan of the rules in file order.
+    #[test]
+    fn trie_matches_linear_scan(
+        rules in prop::collection::vec(arb_rule(), 0..12),
+        names in prop::collection::vec(prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "com"]), 1..5), 1..20),
+        port in prop::sample::select(vec![22u16, 443, 80]),
+    ) {
+        let config = PolicyConfig { rules: rules.clone(), ..PolicyConfig::default() };
+        let p = Policy::compile(&config).unwrap();
+        for name in names.iter().map(|l| l.join(".")) {
+            let q = Query { fqdn: Some(&name), source: None, port: Some(port), protocol: Protocol::Tls };
+            let want = rules.iter().position(|r| {
+                let parsed = Rule::parse(0, r).unwrap();
+                let name_ok = parsed.patterns.as_ref().is_none_or(|ps| ps.iter().any(|p| p.matches(&name)));
+                name_ok && parsed.conditions.matches(None, Some(port), Protocol::Tls)
+            });
+            let got = p.decide(&q);
+            prop_assert_eq!(got.rule, want.map(|i| format!("#{}", i + 1)), "{}", name);
+        }
+    }
+}
