@@ -4,8 +4,7 @@
 //! Normal form: ASCII lowercase, no trailing dot, internationalised labels as A-labels
 //! (punycode, via the `idna` crate). Invalid names are refused with a stable reason token.
 
-use std::borrow::Cow;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::Ipv6Addr;
 
 /// The longest name in octets, without the trailing dot (RFC 1035 2.3.4).
 pub const MAX_NAME_LEN: usize = 253;
@@ -43,7 +42,7 @@ pub fn normalize(name: &str) -> Result<String, NameError> {
     if name.is_empty() {
         return Err(NameError::EmptyName);
     }
-    if is_bracketed_or_v6(name) {
+    if (name.starts_with('[') || name.contains(':')) && is_v6_literal(name) {
         return Err(NameError::IpLiteral);
     }
     let name = name.strip_suffix('.').unwrap_or(name);
@@ -52,17 +51,13 @@ pub fn normalize(name: &str) -> Result<String, NameError> {
     }
     // ASCII names (nearly all of them) skip the UTS 46 machinery unless they carry A-labels
     // that need checking.
-    let ascii: Cow<'_, str> = if name.is_ascii() && !has_a_label(name) {
-        if name.bytes().any(|b| b.is_ascii_uppercase()) {
-            Cow::Owned(name.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(name)
-        }
+    let ascii = if name.is_ascii() && !has_a_label(name) {
+        name.to_ascii_lowercase()
     } else {
-        Cow::Owned(idna::domain_to_ascii(name).map_err(|_| NameError::BadIdna)?)
+        idna::domain_to_ascii(name).map_err(|_| NameError::BadIdna)?
     };
     validate_ascii(&ascii)?;
-    Ok(ascii.into_owned())
+    Ok(ascii)
 }
 
 /// Checks a lowercase ASCII name against the rules in the module docs.
@@ -96,13 +91,13 @@ fn validate_ascii(name: &str) -> Result<(), NameError> {
     Ok(())
 }
 
-/// An IPv6 literal, bracketed or not (a colon is never valid in a name anyway).
-fn is_bracketed_or_v6(name: &str) -> bool {
+/// An IPv6 literal, bracketed or not. (IPv4 literals are caught by the last-label check.)
+fn is_v6_literal(name: &str) -> bool {
     let inner = name
         .strip_prefix('[')
         .and_then(|n| n.strip_suffix(']'))
         .unwrap_or(name);
-    inner.parse::<Ipv6Addr>().is_ok() || name.parse::<IpAddr>().is_ok()
+    inner.parse::<Ipv6Addr>().is_ok()
 }
 
 /// Whether any label starts with the ACE prefix `xn--` (any case).

@@ -3,8 +3,13 @@
 //! whatever the number of rules.
 //!
 //! Memory is the constraint at a million rules, so nodes hold no `String`s: labels live in
-//! one byte arena, and the child edges are a single hash table of node ids keyed by
-//! (parent id, label), whose equality check reads the node and the arena.
+//! one byte arena, and the child edges are a single hash table of node ids.
+//!
+//! Latency is the other constraint: walking parent to child makes each label's cache misses
+//! wait for the previous label's. So a node is keyed by a hash of its whole name, chained
+//! label by label (`h(com)`, `h(h(com), github)`, ...), which needs no memory access. The
+//! lookup probes every level without waiting, and then checks the chain (parents and
+//! labels); a 64-bit collision only costs a slower exact walk.
 
 use std::hash::BuildHasher;
 
@@ -12,6 +17,11 @@ use hashbrown::{DefaultHashBuilder, HashTable};
 
 /// The most rules the trie can number (slot values keep two flag bits).
 pub const MAX_RULES: usize = (1 << 30) - 1;
+
+/// The most labels in a name (253 octets, one-octet labels and dots).
+const MAX_LABELS: usize = 127;
+/// The chained hash of the root (the empty name).
+const ROOT_HASH: u64 = 0;
 
 /// Which of a node's rule lists a pattern goes into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +49,8 @@ impl Rules {
 /// One name in the trie.
 #[derive(Debug, Clone, Copy)]
 struct Node {
+    /// The chained hash of the whole name (see the module docs); the table's key.
+    hash: u64,
     /// The parent node's id (the root is its own parent).
     parent: u32,
     /// Where this node's label starts in the arena.
@@ -57,7 +69,7 @@ pub struct NameTrie {
     nodes: Vec<Node>,
     /// Every node's label, back to back.
     labels: Vec<u8>,
-    /// Child edges: node ids, found by hashing (parent, label).
+    /// Every node but the root, by the hash of its name.
     children: HashTable<u32>,
     /// The edge hash, randomly seeded per process against crafted collisions.
     hasher: DefaultHashBuilder,
@@ -68,6 +80,7 @@ pub struct NameTrie {
 impl Default for NameTrie {
     fn default() -> Self {
         let root = Node {
+            hash: ROOT_HASH,
             parent: 0,
             label_start: 0,
             label_len: 0,
@@ -90,9 +103,9 @@ impl NameTrie {
     /// conditions besides the name, which closes the list to later rules.
     pub fn insert(&mut self, name: &str, slot: Slot, rule: u32, unconditional: bool) {
         debug_assert!((rule as usize) < MAX_RULES);
-        let mut node = 0;
+        let (mut node, mut hash) = (0, ROOT_HASH);
         for label in name.rsplit('.') {
-            node = self.child_or_insert(node, label.as_bytes());
+            (node, hash) = self.child_or_insert(node, hash, label.as_bytes());
         }
         let n = &mut self.nodes[node as usize];
         let rules = match slot {
@@ -106,20 +119,66 @@ impl NameTrie {
     /// `Below` lists of its proper ancestors and the `Exact` list of the name itself. Each
     /// list is sorted ascending.
     pub fn lookup(&self, name: &str, mut visit: impl FnMut(&[u32])) {
-        let mut node = 0;
+        // Probe every level by its chained hash; no probe waits for another's result.
+        let mut ids = [0u32; MAX_LABELS];
+        let (mut depth, mut labels, mut hash) = (0, 0, ROOT_HASH);
+        for label in name.rsplit('.') {
+            labels += 1;
+            if depth == ids.len() {
+                return self.lookup_exact(name, visit);
+            }
+            if depth + 1 < labels {
+                continue;
+            }
+            hash = self.hasher.hash_one((hash, label.as_bytes()));
+            if let Some(&id) = self
+                .children
+                .find(hash, |&id| self.nodes[id as usize].hash == hash)
+            {
+                ids[depth] = id;
+                depth += 1;
+            }
+        }
+        // Check the chain: a hash collision could have found another name's node.
+        let mut parent = 0;
+        for (&id, label) in ids[..depth].iter().zip(name.rsplit('.')) {
+            let n = &self.nodes[id as usize];
+            if n.parent != parent || self.label(n) != label.as_bytes() {
+                return self.lookup_exact(name, visit);
+            }
+            parent = id;
+        }
+        for (level, &id) in ids[..depth].iter().enumerate() {
+            let n = &self.nodes[id as usize];
+            self.visit_rules(
+                if level + 1 < labels { n.below } else { n.exact },
+                &mut visit,
+            );
+        }
+    }
+
+    /// [`NameTrie::lookup`] by walking parent to child with exact comparisons.
+    fn lookup_exact(&self, name: &str, mut visit: impl FnMut(&[u32])) {
+        let (mut node, mut hash) = (0, ROOT_HASH);
         let mut labels = name.rsplit('.').peekable();
         while let Some(label) = labels.next() {
-            let Some(child) = self.child(node, label.as_bytes()) else {
-                return;
-            };
+            let label = label.as_bytes();
+            hash = self.hasher.hash_one((hash, label));
+            let found = self.children.find(hash, |&id| {
+                let n = &self.nodes[id as usize];
+                n.parent == node && self.label(n) == label
+            });
+            let Some(&child) = found else { return };
             node = child;
             let n = &self.nodes[node as usize];
-            let rules = if labels.peek().is_some() {
-                n.below
-            } else {
-                n.exact
-            };
-            self.visit_rules(rules, &mut visit);
+            self.visit_rules(
+                if labels.peek().is_some() {
+                    n.below
+                } else {
+                    n.exact
+                },
+                &mut visit,
+            );
         }
     }
 
@@ -151,23 +210,14 @@ impl NameTrie {
         &self.labels[n.label_start as usize..n.label_start as usize + usize::from(n.label_len)]
     }
 
-    fn child(&self, parent: u32, label: &[u8]) -> Option<u32> {
-        let hash = self.hasher.hash_one((parent, label));
-        self.children
-            .find(hash, |&id| {
-                let n = &self.nodes[id as usize];
-                n.parent == parent && self.label(n) == label
-            })
-            .copied()
-    }
-
-    fn child_or_insert(&mut self, parent: u32, label: &[u8]) -> u32 {
-        let hash = self.hasher.hash_one((parent, label));
+    /// The child of `parent` (whose name hashes to `parent_hash`) labelled `label`, added if
+    /// missing, and its name's hash.
+    fn child_or_insert(&mut self, parent: u32, parent_hash: u64, label: &[u8]) -> (u32, u64) {
+        let hash = self.hasher.hash_one((parent_hash, label));
         let Self {
             nodes,
             labels,
             children,
-            hasher,
             ..
         } = self;
         let label_of = |n: &Node| {
@@ -177,14 +227,11 @@ impl NameTrie {
             hash,
             |&id| {
                 let n = &nodes[id as usize];
-                n.parent == parent && label_of(n) == label
+                n.hash == hash && n.parent == parent && label_of(n) == label
             },
-            |&id| {
-                let n = &nodes[id as usize];
-                hasher.hash_one((n.parent, label_of(n)))
-            },
+            |&id| nodes[id as usize].hash,
         );
-        match entry {
+        let id = match entry {
             hashbrown::hash_table::Entry::Occupied(e) => *e.get(),
             hashbrown::hash_table::Entry::Vacant(e) => {
                 let id = u32::try_from(nodes.len()).expect("fewer than 2^32 trie nodes");
@@ -193,6 +240,7 @@ impl NameTrie {
                 e.insert(id);
                 labels.extend_from_slice(label);
                 nodes.push(Node {
+                    hash,
                     parent,
                     label_start,
                     label_len,
@@ -201,7 +249,8 @@ impl NameTrie {
                 });
                 id
             }
-        }
+        };
+        (id, hash)
     }
 }
 
@@ -238,9 +287,13 @@ fn add(lists: &mut Vec<Vec<u32>>, rules: Rules, rule: u32, unconditional: bool) 
 mod tests {
     use super::*;
 
+    /// The lists `lookup` visits, checked against the exact walk.
     fn lists(t: &NameTrie, name: &str) -> Vec<Vec<u32>> {
         let mut out = Vec::new();
         t.lookup(name, |l| out.push(l.to_vec()));
+        let mut exact = Vec::new();
+        t.lookup_exact(name, |l| exact.push(l.to_vec()));
+        assert_eq!(out, exact, "{name}");
         out
     }
 

@@ -1,0 +1,197 @@
+//! Policy benchmark, run by `cargo xtask bench policy` (in release):
+//!
+//! - generates N rules, a mix of exact names, `*.` wildcards and `.` suffixes spread over
+//!   many zones and TLDs, with a ports condition on one rule in 50;
+//! - measures the compile ("load") time and the resident memory it adds (VmRSS before and
+//!   after, from /proc/self/status), and the process peak (VmHWM);
+//! - times `Policy::decide` one call at a time over random names, half of them hits, and
+//!   prints p50/p99/p99.9/max. Each sample includes one `Instant::now()` pair (~20-40 ns).
+//!
+//! Usage: `policy_bench [--rules N] [--lookups M]`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use proxy_user::config::{PolicyConfig, RuleConfig};
+use proxy_user::policy::{Policy, Query, Reason};
+use proxy_user::tls::Protocol;
+
+const TLDS: &[&str] = &["com", "net", "org", "io", "dev", "de", "co.uk", "example"];
+/// Zones per TLD, so upper trie levels are shared the way real policies share them.
+const ZONES: usize = 5000;
+
+/// The three pattern kinds, by rule number.
+fn pattern(i: usize) -> String {
+    let base = format!("svc{i}.zone{}.{}", i % ZONES, TLDS[i % TLDS.len()]);
+    match i % 3 {
+        0 => base,
+        1 => format!("*.{base}"),
+        _ => format!(".{base}"),
+    }
+}
+
+/// A name that rule `i` matches.
+fn hit(i: usize, salt: usize) -> String {
+    let base = format!("svc{i}.zone{}.{}", i % ZONES, TLDS[i % TLDS.len()]);
+    match i % 3 {
+        0 => base,
+        1 => format!("host{salt}.{base}"),
+        _ if salt % 2 == 0 => base,
+        _ => format!("api.v{salt}.{base}"),
+    }
+}
+
+/// A name no rule matches: an unknown service in a known zone, or an unknown zone.
+fn miss(n: usize, salt: usize) -> String {
+    if salt % 2 == 0 {
+        format!(
+            "svc{}.zone{}.{}",
+            n + salt,
+            salt % ZONES,
+            TLDS[salt % TLDS.len()]
+        )
+    } else {
+        format!("www.nozone{salt}.{}", TLDS[salt % TLDS.len()])
+    }
+}
+
+fn rules(n: usize) -> PolicyConfig {
+    let rules = (0..n)
+        .map(|i| RuleConfig {
+            name: Some(format!("r{i}")),
+            action: Some(if i % 4 == 0 { "deny" } else { "allow" }.to_owned()),
+            fqdn: Some(vec![pattern(i)]),
+            ports: (i % 50 == 0).then(|| vec![443]),
+            ..RuleConfig::default()
+        })
+        .collect();
+    PolicyConfig {
+        rules,
+        ..PolicyConfig::default()
+    }
+}
+
+/// A field of /proc/self/status, in KiB.
+fn status_kib(field: &str) -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(field)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
+}
+
+/// A small xorshift generator: reproducible, and no dependency.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % n as u64) as usize
+    }
+}
+
+fn query(name: &str) -> Query<'_> {
+    Query {
+        fqdn: Some(name),
+        source: None,
+        port: Some(443),
+        protocol: Protocol::Tls,
+    }
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let (mut n, mut lookups) = (1_000_000usize, 1_000_000usize);
+    while let Some(arg) = args.next() {
+        let value = args.next().and_then(|v| v.replace('_', "").parse().ok());
+        match (arg.as_str(), value) {
+            ("--rules", Some(v)) => n = v,
+            ("--lookups", Some(v)) => lookups = v,
+            _ => {
+                eprintln!("usage: policy_bench [--rules N] [--lookups M]");
+                std::process::exit(2);
+            }
+        }
+    }
+
+    let config = rules(n);
+    let rss_before = status_kib("VmRSS:");
+    let start = Instant::now();
+    let policy = Policy::compile(&config).expect("generated rules are valid");
+    let load = start.elapsed();
+    let rss_after = status_kib("VmRSS:");
+    drop(config);
+    let rss_policy_only = status_kib("VmRSS:");
+
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let names: Vec<(String, bool)> = (0..lookups)
+        .map(|k| {
+            if rng.below(2) == 0 {
+                (hit(rng.below(n), k), true)
+            } else {
+                (miss(n, rng.below(1 << 20)), false)
+            }
+        })
+        .collect();
+    // Warm up caches and the branch predictor, and check that hits hit and misses miss.
+    for (name, expect_hit) in names.iter().take(100_000) {
+        let d = policy.decide(&query(name));
+        assert_eq!(d.reason == Reason::Rule, *expect_hit, "{name}: {d:?}");
+    }
+    let mut samples = Vec::with_capacity(lookups);
+    for (name, _) in &names {
+        let start = Instant::now();
+        black_box(policy.decide(black_box(&query(name))));
+        samples.push(start.elapsed());
+    }
+    samples.sort_unstable();
+    let hits = names.iter().filter(|(_, h)| *h).count();
+
+    let policy_mib = rss_after.saturating_sub(rss_before) as f64 / 1024.0;
+    let (p50, p99) = (
+        percentile(&samples, 0.50).as_nanos(),
+        percentile(&samples, 0.99).as_nanos(),
+    );
+    println!(
+        "rules:            {n} (exact, *.wildcard and .suffix in equal parts; 1 in 50 with a port condition)"
+    );
+    println!("load (compile):   {:.3} s", load.as_secs_f64());
+    println!(
+        "resident memory:  +{:.1} MiB for the compiled policy (VmRSS {:.1} -> {:.1} MiB; {:.1} MiB after dropping the config)",
+        policy_mib,
+        rss_before as f64 / 1024.0,
+        rss_after as f64 / 1024.0,
+        rss_policy_only as f64 / 1024.0,
+    );
+    println!(
+        "peak (VmHWM):     {:.1} MiB, generated config included",
+        status_kib("VmHWM:") as f64 / 1024.0
+    );
+    println!(
+        "lookups:          {lookups} ({hits} hits, {} misses), one decide() per sample",
+        lookups - hits
+    );
+    println!(
+        "lookup latency:   p50 {p50} ns, p99 {p99} ns, p99.9 {} ns, max {} ns",
+        percentile(&samples, 0.999).as_nanos(),
+        samples.last().map_or(0, Duration::as_nanos),
+    );
+    // One machine-readable line for `cargo xtask bench policy`.
+    println!(
+        "result load_s={:.3} policy_mib={policy_mib:.1} p50_ns={p50} p99_ns={p99}",
+        load.as_secs_f64()
+    );
+}
