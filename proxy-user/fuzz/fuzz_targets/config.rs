@@ -8,11 +8,25 @@ use proxy_user::policy::{Policy, Query};
 use proxy_user::tls::Protocol;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else { return };
-    let Ok(config) = Config::parse(text, "fuzz.toml") else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let Ok(config) = Config::parse(text, "fuzz.toml") else {
+        return;
+    };
     let policy = Policy::compile(&config.policy).expect("a validated policy compiles");
-    for fqdn in [None, Some("example.com"), Some("a.b.example.com"), Some("xn--bcher-kva.example")] {
-        let d = policy.decide(&Query { fqdn, source: None, port: Some(443), protocol: Protocol::Tls });
+    for fqdn in [
+        None,
+        Some("example.com"),
+        Some("a.b.example.com"),
+        Some("xn--bcher-kva.example"),
+    ] {
+        let d = policy.decide(&Query {
+            fqdn,
+            source: None,
+            port: Some(443),
+            protocol: Protocol::Tls,
+        });
         if let Some(rule) = d.rule {
             assert!(!rule.is_empty());
         }

@@ -14,17 +14,43 @@ fn run<'a>(chunks: impl Iterator<Item = &'a [u8]>, max: usize, stream: &[u8]) ->
     for chunk in chunks {
         match a.push(chunk) {
             ServerProgress::NeedMore => fed += chunk.len(),
-            ServerProgress::ServerHello { version, raw, consumed } => {
+            ServerProgress::ServerHello {
+                version,
+                raw,
+                consumed,
+            } => {
                 assert_eq!(raw, &stream[..fed + consumed]);
-                return ServerProgress::ServerHello { version, raw: Vec::new(), consumed: fed + consumed };
+                return ServerProgress::ServerHello {
+                    version,
+                    raw: Vec::new(),
+                    consumed: fed + consumed,
+                };
             }
-            ServerProgress::HelloRetryRequest { version, raw, consumed } => {
+            ServerProgress::HelloRetryRequest {
+                version,
+                raw,
+                consumed,
+            } => {
                 assert_eq!(raw, &stream[..fed + consumed]);
-                return ServerProgress::HelloRetryRequest { version, raw: Vec::new(), consumed: fed + consumed };
+                return ServerProgress::HelloRetryRequest {
+                    version,
+                    raw: Vec::new(),
+                    consumed: fed + consumed,
+                };
             }
-            ServerProgress::Alert { level, description, raw, consumed } => {
+            ServerProgress::Alert {
+                level,
+                description,
+                raw,
+                consumed,
+            } => {
                 assert_eq!(raw, &stream[..fed + consumed]);
-                return ServerProgress::Alert { level, description, raw: Vec::new(), consumed: fed + consumed };
+                return ServerProgress::Alert {
+                    level,
+                    description,
+                    raw: Vec::new(),
+                    consumed: fed + consumed,
+                };
             }
             ServerProgress::NotTls { bytes } => {
                 assert_eq!(bytes, &stream[..fed + chunk.len()]);
@@ -37,9 +63,15 @@ fn run<'a>(chunks: impl Iterator<Item = &'a [u8]>, max: usize, stream: &[u8]) ->
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((sizes, small, stream)) = chunks::split(data) else { return };
+    let Some((sizes, small, stream)) = chunks::split(data) else {
+        return;
+    };
     let max = if small { 256 } else { 1 << 16 };
-    let whole = run(std::iter::once(stream).filter(|s| !s.is_empty()), max, stream);
+    let whole = run(
+        std::iter::once(stream).filter(|s| !s.is_empty()),
+        max,
+        stream,
+    );
     let parts = run(chunks::chunks(stream, &sizes), max, stream);
     assert_eq!(whole, parts);
 });

@@ -18,7 +18,7 @@ use std::str::FromStr;
 pub use cidr::{Cidr, CidrError};
 pub use pattern::{Pattern, PatternError};
 pub use rule::{Conditions, PolicyError, Rule, RuleProblem, RuleRef};
-use trie::{MAX_RULES, NameTrie, Slot};
+use trie::{HashCollision, MAX_RULES, NameTrie, Slot};
 
 use crate::config::{DenyWith, PolicyConfig};
 use crate::names::{self, NameError};
@@ -118,13 +118,16 @@ pub struct Decision {
     pub reason: Reason,
 }
 
-/// A compiled rule: its action, and its conditions if it has any.
+/// A compiled rule: its action, its conditions if it has any, and where its name ends.
+/// One small record, so a match costs one cache miss for all three.
 #[derive(Debug, Clone, Copy)]
 struct Compiled {
-    /// What a match does.
-    action: Action,
     /// Index into `Policy::conditions`, or `NO_CONDITIONS`.
     conditions: u32,
+    /// The end of the rule's name in `Policy::names` (it starts where the previous ends).
+    name_end: u32,
+    /// What a match does.
+    action: Action,
 }
 
 const NO_CONDITIONS: u32 = u32::MAX;
@@ -143,8 +146,6 @@ pub struct Policy {
     conditions: Vec<Conditions>,
     /// Rule names, back to back (unnamed rules take no bytes).
     names: String,
-    /// The end of each rule's name in `names`.
-    name_ends: Vec<u32>,
     /// Rules with patterns, by name.
     trie: NameTrie,
     /// Rules without an `fqdn` field, which match any name and no name.
@@ -167,6 +168,18 @@ impl Policy {
     /// Checks every rule and builds the index. The rules are checked one at a time and not
     /// kept, so compiling a large policy needs little memory beyond the result.
     pub fn compile(config: &PolicyConfig) -> Result<Policy, PolicyError> {
+        check_names(config)?;
+        // Each attempt seeds the trie's hash anew; two names hashing alike is a 1-in-2^40
+        // event even at a million rules, so a second attempt is already unheard of.
+        loop {
+            if let Ok(policy) = Self::build(config)? {
+                return Ok(policy);
+            }
+        }
+    }
+
+    /// One attempt at [`Policy::compile`], after the name check.
+    fn build(config: &PolicyConfig) -> Result<Result<Policy, HashCollision>, PolicyError> {
         let mut policy = Policy {
             default: config.default,
             no_sni: config.no_sni,
@@ -174,12 +187,10 @@ impl Policy {
             rules: Vec::with_capacity(config.rules.len()),
             conditions: Vec::new(),
             names: String::new(),
-            name_ends: Vec::with_capacity(config.rules.len()),
             trie: NameTrie::default(),
             any_name: Vec::new(),
             counts: (0, 0),
         };
-        check_names(config)?;
         for (index, rule_config) in config.rules.iter().enumerate() {
             if index >= MAX_RULES {
                 return Err(PolicyError {
@@ -194,24 +205,21 @@ impl Policy {
             let rule = Rule::parse(index, rule_config)?;
             let id = u32::try_from(index).expect("checked against MAX_RULES");
             let unconditional = rule.conditions.is_empty();
-            match &rule.patterns {
-                None => policy.any_name.push(id),
-                Some(patterns) => {
-                    for p in patterns {
-                        match p {
-                            Pattern::Exact(n) => {
-                                policy.trie.insert(n, Slot::Exact, id, unconditional)
-                            }
-                            Pattern::Below(n) => {
-                                policy.trie.insert(n, Slot::Below, id, unconditional)
-                            }
-                            Pattern::Suffix(n) => {
-                                policy.trie.insert(n, Slot::Exact, id, unconditional);
-                                policy.trie.insert(n, Slot::Below, id, unconditional);
-                            }
-                        }
-                    }
+            for p in rule.patterns.iter().flatten() {
+                let trie = &mut policy.trie;
+                let inserted = match p {
+                    Pattern::Exact(n) => trie.insert(n, Slot::Exact, id, unconditional),
+                    Pattern::Below(n) => trie.insert(n, Slot::Below, id, unconditional),
+                    Pattern::Suffix(n) => trie
+                        .insert(n, Slot::Exact, id, unconditional)
+                        .and_then(|()| trie.insert(n, Slot::Below, id, unconditional)),
+                };
+                if let Err(collision) = inserted {
+                    return Ok(Err(collision));
                 }
+            }
+            if rule.patterns.is_none() {
+                policy.any_name.push(id);
             }
             let conditions = if unconditional {
                 NO_CONDITIONS
@@ -219,24 +227,23 @@ impl Policy {
                 policy.conditions.push(rule.conditions);
                 u32::try_from(policy.conditions.len() - 1).expect("checked against MAX_RULES")
             };
+            policy
+                .names
+                .push_str(rule_config.name.as_deref().unwrap_or_default());
+            let name_end = u32::try_from(policy.names.len()).expect("rule names below 4 GiB");
             policy.rules.push(Compiled {
                 action: rule.action,
                 conditions,
+                name_end,
             });
             match rule.action {
                 Action::Allow => policy.counts.0 += 1,
                 Action::Deny => policy.counts.1 += 1,
             }
-            policy
-                .names
-                .push_str(rule_config.name.as_deref().unwrap_or_default());
-            policy
-                .name_ends
-                .push(u32::try_from(policy.names.len()).expect("rule names below 4 GiB"));
         }
         policy.trie.shrink_to_fit();
         policy.names.shrink_to_fit();
-        Ok(policy)
+        Ok(Ok(policy))
     }
 
     /// Decides a connection; see the module docs. An invalid name is always denied.
@@ -298,8 +305,8 @@ impl Policy {
     pub fn rule_name(&self, index: usize) -> String {
         let start = index
             .checked_sub(1)
-            .map_or(0, |i| self.name_ends[i] as usize);
-        let name = &self.names[start..self.name_ends[index] as usize];
+            .map_or(0, |i| self.rules[i].name_end as usize);
+        let name = &self.names[start..self.rules[index].name_end as usize];
         if name.is_empty() {
             format!("#{}", index + 1)
         } else {
