@@ -1,0 +1,142 @@
+//! `sockgate check` and `sockgate decide`, run as the operator runs them.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+/// The example config shipped in the repository.
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/sockgate.toml")
+}
+
+fn sockgate(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sockgate"))
+        .args(args)
+        .env("RUST_LOG", "off")
+        .output()
+        .expect("run sockgate")
+}
+
+/// Writes `text` to a file of its own and runs `sockgate check` on it: (exit code, stderr,
+/// the file's path).
+fn check_text(name: &str, text: &str) -> (i32, String, String) {
+    let dir = std::env::temp_dir().join(format!("sockgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write the config");
+    let out = sockgate(&["check", "-c", path.to_str().expect("UTF-8 path")]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    (
+        out.status.code().expect("exit code"),
+        stderr,
+        path.display().to_string(),
+    )
+}
+
+#[test]
+fn check_accepts_the_example() {
+    let out = sockgate(&["check", "-c", example().to_str().expect("UTF-8 path")]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok: 2 listeners, 5 rules (4 allow, 1 deny), default deny\n"
+    );
+}
+
+#[test]
+fn check_names_what_is_wrong() {
+    let rule = |body: &str| {
+        format!(
+            "[[policy.rule]]\nname = \"r\"\naction = \"allow\"\nfqdn = [\"example.com\"]\n{body}\n"
+        )
+    };
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "syntax",
+            "[policy\ndefault = \"deny\"\n".to_owned(),
+            ":1:8: ",
+        ),
+        (
+            "cidr",
+            rule("sources = [\"10.0.0.0/33\"]"),
+            "rule #1 (\"r\"): field `sources`: bad CIDR `10.0.0.0/33`",
+        ),
+        (
+            "pattern",
+            rule("").replace("example.com", "api.*.example.com"),
+            "rule #1 (\"r\"): field `fqdn`: bad pattern `api.*.example.com`",
+        ),
+        (
+            "action",
+            rule("").replace("\"allow\"", "\"permit\""),
+            "rule #1 (\"r\"): field `action`: unknown action `permit`",
+        ),
+        (
+            "port",
+            rule("ports = [443, 70000]"),
+            "rule #1 (\"r\"): field `ports`: port 70000 out of range 1-65535",
+        ),
+        (
+            "duplicate",
+            format!("{}{}", rule(""), rule("")),
+            "rule #2 (\"r\"): field `name`: duplicate name, already used by rule #1",
+        ),
+        (
+            "unknown_key",
+            rule("prots = [443]"),
+            ":5:1: unknown field `prots`",
+        ),
+    ];
+    for (name, text, want) in cases {
+        let (code, stderr, path) = check_text(name, text);
+        assert_eq!(code, 1, "{name}: {stderr}");
+        assert!(
+            stderr.contains(want),
+            "{name}: {stderr:?} should contain {want:?}"
+        );
+        if want.starts_with(':') {
+            assert!(
+                stderr.contains(&format!("{path}{want}")),
+                "{name}: {stderr:?} names the file"
+            );
+        }
+    }
+}
+
+#[test]
+fn decide_prints_one_json_object() {
+    let config = example();
+    let config = config.to_str().expect("UTF-8 path");
+    let decide = |extra: &[&str]| {
+        let mut args = vec!["decide", "-c", config];
+        args.extend_from_slice(extra);
+        let out = sockgate(&args);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    };
+    assert_eq!(
+        decide(&["--fqdn", "API.GitHub.com", "--port", "443"]),
+        "{\"action\":\"allow\",\"rule\":\"github\",\"fqdn\":\"api.github.com\",\"reason\":\"rule\"}\n"
+    );
+    assert_eq!(
+        decide(&["--fqdn", "example.org", "--port", "443"]),
+        "{\"action\":\"deny\",\"rule\":null,\"fqdn\":\"example.org\",\"reason\":\"default\"}\n"
+    );
+    assert_eq!(
+        decide(&["--fqdn", "bad..name"]),
+        "{\"action\":\"deny\",\"rule\":null,\"fqdn\":\"bad..name\",\"reason\":\"invalid_name: empty_label\"}\n"
+    );
+    assert_eq!(
+        decide(&["--port", "22", "--source", "10.20.3.4", "--protocol", "ssh"]),
+        "{\"action\":\"allow\",\"rule\":\"lab-ssh\",\"fqdn\":null,\"reason\":\"rule\"}\n"
+    );
+}
