@@ -76,6 +76,7 @@ struct Node {
 }
 
 /// The trie; see the module docs.
+#[derive(Default)]
 pub struct NameTrie {
     /// Every node, by the hash of its name.
     nodes: Table,
@@ -85,17 +86,6 @@ pub struct NameTrie {
     hasher: RandomState,
     /// Rule lists of nodes with more than one candidate rule, each sorted ascending.
     lists: Vec<Vec<u32>>,
-}
-
-impl Default for NameTrie {
-    fn default() -> Self {
-        Self {
-            nodes: Table::default(),
-            labels: Vec::new(),
-            hasher: RandomState::default(),
-            lists: Vec::new(),
-        }
-    }
 }
 
 impl NameTrie {
