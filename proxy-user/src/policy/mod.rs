@@ -167,15 +167,22 @@ impl fmt::Debug for Policy {
 impl Policy {
     /// Checks every rule and builds the index. The rules are checked one at a time and not
     /// kept, so compiling a large policy needs little memory beyond the result.
+    ///
+    /// # Panics
+    ///
+    /// If the trie's randomly seeded 64-bit name hash collides ten times in a row, which
+    /// does not happen with a working hasher.
     pub fn compile(config: &PolicyConfig) -> Result<Policy, PolicyError> {
         check_names(config)?;
         // Each attempt seeds the trie's hash anew; two names hashing alike is a 1-in-2^40
-        // event even at a million rules, so a second attempt is already unheard of.
-        loop {
+        // event even at a million rules, so a second attempt is already unheard of and a
+        // tenth would mean the hasher is broken.
+        for _ in 0..10 {
             if let Ok(policy) = Self::build(config)? {
                 return Ok(policy);
             }
         }
+        panic!("10 trie hash collisions in a row: the name hasher is broken");
     }
 
     /// One attempt at [`Policy::compile`], after the name check.

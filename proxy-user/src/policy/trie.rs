@@ -334,4 +334,25 @@ mod tests {
         t.insert_ok("b.com", Slot::Exact, 5, false);
         assert_eq!(lists(&t, "b.com"), [vec![4]]);
     }
+
+    #[test]
+    fn hash_collisions_are_caught() {
+        let mut t = NameTrie::default();
+        t.insert_ok("a.com", Slot::Exact, 0, true);
+        // Plant a node of another name ("c", a label in the arena) under the hash of "org".
+        let hash = t.name_hash(ROOT_HASH, b"org");
+        t.nodes.insert(Node {
+            hash,
+            parent: ROOT_HASH,
+            label_start: 0,
+            label_len: 1,
+            below: Rules(0),
+            ..Node::default()
+        });
+        // Looking "org" names up finds nothing rather than the planted node's rules...
+        assert!(lists(&t, "x.org").is_empty());
+        // ...and adding "org" reports the collision, so compiling starts over.
+        assert_eq!(t.insert("x.org", Slot::Exact, 1, true), Err(HashCollision));
+        assert_eq!(lists(&t, "a.com"), [vec![0]]);
+    }
 }
