@@ -52,7 +52,10 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
         Some(h) => unsafe { *h },
         None => return pass(counters, len),
     };
-    if handoff.go != counters.passed {
+    // A bare FIN comes through here as an empty skb (tcp_read_skb, net/ipv4/tcp.c). Keep it
+    // local: the peer's queue must not hold anything once userspace shuts the peer down, or
+    // the psock backlog fails on it with EPIPE and marks the peer socket errored.
+    if handoff.go != counters.passed || len == 0 {
         return pass(counters, len);
     }
     let mut peer = handoff.peer;
@@ -61,11 +64,17 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
     // instead so nothing is lost.
     if SOCKS.redirect_skb(ctx, &mut peer, 0) != i64::from(SK_PASS) {
         counters.redirect_failures += 1;
-        warn!(ctx, "sock {}: redirect to {} failed, {} bytes passed", cookie, peer, len);
+        warn!(
+            ctx,
+            "sock {}: redirect to {} failed, {} bytes passed", cookie, peer, len
+        );
         return pass(counters, len);
     }
     if counters.redirected == 0 {
-        info!(ctx, "sock {}: first skb spliced to {} ({} bytes)", cookie, peer, len);
+        info!(
+            ctx,
+            "sock {}: first skb spliced to {} ({} bytes)", cookie, peer, len
+        );
     }
     counters.redirected += len;
     SK_PASS

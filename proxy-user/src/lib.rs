@@ -8,6 +8,7 @@
 //! - [`cli`]: the `check` and `decide` subcommands.
 //! - [`ebpf`]: loading the kernel program, its maps and the aya-log reader.
 //! - [`datapath`]: handing a socket pair to the kernel, with splice(2) and copy fallbacks.
+//! - [`relay`]: a plain TCP relay over the datapath, for benchmarks and tests.
 //! - [`sockopt`]: the few raw socket options the datapath needs.
 
 pub mod cli;
@@ -16,5 +17,6 @@ pub mod datapath;
 pub mod ebpf;
 pub mod names;
 pub mod policy;
+pub mod relay;
 pub mod sockopt;
 pub mod tls;

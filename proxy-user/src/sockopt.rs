@@ -15,7 +15,13 @@ fn getsockopt<T: Default>(fd: &impl AsRawFd, level: i32, name: i32) -> io::Resul
     let mut len = mem::size_of::<T>() as libc::socklen_t;
     // SAFETY: `value` is a valid, writable T and `len` is its size.
     check(unsafe {
-        libc::getsockopt(fd.as_raw_fd(), level, name, (&raw mut value).cast(), &mut len)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw mut value).cast(),
+            &mut len,
+        )
     })?;
     Ok(value)
 }
@@ -106,3 +112,9 @@ pub fn tcp_info(fd: &impl AsRawFd) -> io::Result<TcpInfo> {
 pub const TCP_ESTABLISHED: u8 = 1;
 /// TCP_CLOSE_WAIT: the peer half-closed; we may still send.
 pub const TCP_CLOSE_WAIT: u8 = 8;
+
+/// Half-closes the sending side: the peer sees FIN once the send queue is out.
+pub fn shutdown_write(fd: &impl AsRawFd) -> io::Result<()> {
+    // SAFETY: plain syscall on a valid fd.
+    check(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) })
+}

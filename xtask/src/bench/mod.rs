@@ -2,6 +2,7 @@
 
 mod datapath;
 mod policy;
+mod stats;
 
 #[derive(clap::Args)]
 pub struct Args {

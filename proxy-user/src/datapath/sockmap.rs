@@ -1,0 +1,139 @@
+//! The kernel path: the verdict program redirects each skb to the peer socket, and
+//! userspace only handles the handoff, FIN and RST.
+//!
+//! The handoff cannot lose or reorder bytes. Each direction sets `go` to the number of
+//! bytes userspace has read from the source and written to the destination; the verdict
+//! redirects only while its `passed` count equals `go`, and passes (to our `recv`)
+//! otherwise. So every byte userspace sees is written before any later byte is redirected,
+//! and a byte that arrives during the handoff is simply read and forwarded here, after which
+//! `go` catches up.
+
+use std::{
+    io,
+    sync::atomic::{AtomicU64, Ordering::Relaxed},
+    time::Duration,
+};
+
+use proxy_common::Handoff;
+
+use super::{
+    Endpoint,
+    direction::{End, both, eof_is_final, write_all},
+};
+use crate::{ebpf::Kernel, sockopt};
+
+/// Allocated only when bytes reach userspace after the handoff, which is rare.
+const BUFFER: usize = 64 << 10;
+
+pub(super) async fn run(
+    kernel: &Kernel,
+    client: &Endpoint,
+    upstream: &Endpoint,
+) -> (End, u64, u64) {
+    let up = AtomicU64::new(client.bytes_read());
+    let down = AtomicU64::new(upstream.bytes_read());
+    let end = both(
+        client.stream(),
+        upstream.stream(),
+        direction(kernel, client, upstream, &up),
+        direction(kernel, upstream, client, &down),
+    )
+    .await;
+    (
+        end,
+        up.load(Relaxed) + kernel.counters(client.cookie()).redirected,
+        down.load(Relaxed) + kernel.counters(upstream.cookie()).redirected,
+    )
+}
+
+/// One direction, `src` to `dst`. `read` counts what userspace read from `src`.
+async fn direction(kernel: &Kernel, src: &Endpoint, dst: &Endpoint, read: &AtomicU64) -> End {
+    let mut written = dst.bytes_written();
+    let mut go = None;
+    let mut eof_since = None;
+    loop {
+        if go != Some(read.load(Relaxed)) {
+            let handoff = Handoff {
+                peer: dst.cookie(),
+                go: read.load(Relaxed),
+            };
+            if let Err(err) = kernel.set_handoff(src.cookie(), handoff) {
+                log::warn!("sock {}: handoff map update failed: {err}", src.cookie());
+                return End::Error;
+            }
+            go = Some(read.load(Relaxed));
+        }
+        // Readable only for bytes the verdict passed, EOF or an error: redirected skbs
+        // never show up in the socket's own queue.
+        if let Err(err) = src.stream().readable().await {
+            return End::from_io(&err);
+        }
+        let mut buf = vec![0; BUFFER];
+        match src.stream().try_read(&mut buf) {
+            Ok(0) => {
+                match eof_is_final(src, read.load(Relaxed), &mut eof_since).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(end) => return end,
+                }
+                // FIN is not redirected. Shutting the peer down before its send queue has
+                // taken every redirected byte would drop them.
+                if let Err(end) = drained(kernel, src, dst.stream(), written).await {
+                    return end;
+                }
+                return match sockopt::shutdown_write(dst.stream()) {
+                    Ok(()) => End::Fin,
+                    Err(err) => End::from_io(&err),
+                };
+            }
+            Ok(n) => {
+                // Redirected skbs may still wait in the peer's psock queue; ours must not
+                // overtake them.
+                if kernel.counters(src.cookie()).redirected > 0
+                    && let Err(end) = drained(kernel, src, dst.stream(), written).await
+                {
+                    return end;
+                }
+                if let Err(err) = write_all(dst.stream(), &buf[..n]).await {
+                    return End::from_io(&err);
+                }
+                written += n as u64;
+                read.fetch_add(n as u64, Relaxed);
+            }
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            Err(err) => return End::from_io(&err),
+        }
+    }
+}
+
+/// Waits until `dst`'s send queue has taken everything meant for it: what userspace wrote
+/// plus what the verdict redirected from `src`. Bytes ever queued for sending are
+/// `bytes_acked + SIOCOUTQ`.
+async fn drained(
+    kernel: &Kernel,
+    src: &Endpoint,
+    dst: &tokio::net::TcpStream,
+    written: u64,
+) -> Result<(), End> {
+    let mut delay = Duration::from_micros(50);
+    loop {
+        let target = written + kernel.counters(src.cookie()).redirected;
+        let info = sockopt::tcp_info(dst).map_err(|e| End::from_io(&e))?;
+        let queued = sockopt::send_queue(dst).map_err(|e| End::from_io(&e))?;
+        if info.bytes_acked + queued >= target {
+            return Ok(());
+        }
+        if info.state != sockopt::TCP_ESTABLISHED && info.state != sockopt::TCP_CLOSE_WAIT {
+            // The destination was reset or closed under us: the bytes cannot arrive.
+            log::debug!(
+                "sock {}: closed (state {}) with {} of {target} bytes queued",
+                src.cookie(),
+                info.state,
+                info.bytes_acked + queued
+            );
+            return Err(End::Rst);
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(10));
+    }
+}
