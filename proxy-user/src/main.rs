@@ -6,7 +6,11 @@ use clap::{Parser, Subcommand};
 use proxy_user::cli;
 
 #[derive(Parser)]
-#[command(name = "sockgate", version, about = "FQDN-filtering forward proxy with an in-kernel splice")]
+#[command(
+    name = "sockgate",
+    version,
+    about = "FQDN-filtering forward proxy with an in-kernel splice"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
