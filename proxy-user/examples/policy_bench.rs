@@ -186,6 +186,22 @@ fn main() {
         rss_after as f64 / 1024.0,
         rss_policy_only as f64 / 1024.0,
     );
+    let huge = std::fs::read_to_string("/proc/self/smaps_rollup")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("AnonHugePages:")?
+                    .trim()
+                    .strip_suffix("kB")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+        });
+    println!(
+        "huge pages:       {} MiB of anonymous memory on transparent huge pages",
+        huge.unwrap_or(0) / 1024
+    );
     println!(
         "peak (VmHWM):     {:.1} MiB, generated config included",
         status_kib("VmHWM:") as f64 / 1024.0

@@ -65,12 +65,12 @@ struct Node {
     hash: u64,
     /// The parent's hash, which names the parent.
     parent: u64,
-    /// Where this node's label starts in the arena.
-    label_start: u32,
     /// Rules matching this name.
     exact: Rules,
     /// Rules matching names below this one.
     below: Rules,
+    /// Where this node's label starts in the arena.
+    label_start: u32,
     /// The label's length (at most 63).
     label_len: u8,
 }
@@ -188,9 +188,8 @@ impl NameTrie {
             hash,
             parent,
             label_start,
-            exact: Rules::EMPTY,
-            below: Rules::EMPTY,
             label_len,
+            ..Node::default()
         };
         self.nodes.insert(node);
         Ok(hash)
@@ -239,7 +238,7 @@ impl Table {
         // At most 80% full: linear probing slows down sharply beyond.
         if (self.len + 1) * 5 > self.slots.len() * 4 {
             let old = std::mem::take(&mut self.slots);
-            self.slots = vec![Node::default(); (old.len() * 2).max(16)];
+            self.slots = huge_page_vec((old.len() * 2).max(16));
             for n in old.into_iter().filter(|n| n.hash != 0) {
                 self.place(n);
             }
@@ -256,6 +255,30 @@ impl Table {
         }
         self.slots[i] = node;
     }
+}
+
+/// `len` empty slots. A large table is asked to live on transparent huge pages before it is
+/// touched: lookups hit random slots, and with 4 KiB pages each one would also miss the TLB.
+fn huge_page_vec(len: usize) -> Vec<Node> {
+    let mut v: Vec<Node> = Vec::with_capacity(len);
+    let bytes = len * size_of::<Node>();
+    if bytes >= 4 << 20 {
+        // madvise wants a page-aligned start; malloc's large blocks start just past a header.
+        let start = v.as_ptr() as usize;
+        let aligned = start.next_multiple_of(4096);
+        // SAFETY: the range lies inside the vector's own allocation (capacity `len`, not yet
+        // touched), and MADV_HUGEPAGE only changes how the kernel backs it, not its contents
+        // or validity. Failure (THP disabled) is harmless and ignored.
+        unsafe {
+            libc::madvise(
+                aligned as *mut libc::c_void,
+                start + bytes - aligned,
+                libc::MADV_HUGEPAGE,
+            );
+        }
+    }
+    v.resize(len, Node::default());
+    v
 }
 
 /// `rules` with `rule` appended, unless a rule without conditions already closes it or
@@ -339,12 +362,11 @@ mod tests {
     fn hash_collisions_are_caught() {
         let mut t = NameTrie::default();
         t.insert_ok("a.com", Slot::Exact, 0, true);
-        // Plant a node of another name ("c", a label in the arena) under the hash of "org".
+        // Plant a node of another name ("c", the arena's first label) under the hash of "org".
         let hash = t.name_hash(ROOT_HASH, b"org");
         t.nodes.insert(Node {
             hash,
             parent: ROOT_HASH,
-            label_start: 0,
             label_len: 1,
             below: Rules(0),
             ..Node::default()
