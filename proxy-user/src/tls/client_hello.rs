@@ -166,12 +166,17 @@ impl ClientHelloAssembler {
     }
 }
 
-/// The ClientHello fields, before the raw bytes are attached.
+/// The ClientHello fields, before the raw bytes are attached (see [`ClientHello`]).
 struct Fields {
+    /// [`ClientHello::sni`].
     sni: Option<String>,
+    /// [`ClientHello::alpn`].
     alpn: Vec<String>,
+    /// [`ClientHello::legacy_version`].
     legacy_version: u16,
+    /// [`ClientHello::supported_versions`].
     supported_versions: Vec<u16>,
+    /// [`ClientHello::ech`].
     ech: bool,
 }
 
