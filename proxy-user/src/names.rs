@@ -73,30 +73,30 @@ fn normalize_general(name: &str) -> Result<String, NameError> {
 /// name down the general path (which also gives every error, so errors do not depend on
 /// which path saw the name first).
 fn normalize_plain(name: &str) -> Option<String> {
-    let bytes = name.strip_suffix('.').unwrap_or(name).as_bytes();
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() > MAX_NAME_LEN {
         return None;
     }
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut label_len = 0;
-    for &b in bytes {
+    let plain_label =
+        |label: &[u8]| (1..=MAX_LABEL_LEN).contains(&label.len()) && !is_a_label(label);
+    let mut label_start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
         match b {
-            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => out.push(b),
-            b'A'..=b'Z' => out.push(b.to_ascii_lowercase()),
-            b'.' if (1..=MAX_LABEL_LEN).contains(&label_len) => {
-                out.push(b);
-                label_len = 0;
-                continue;
-            }
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => {}
+            b'.' if plain_label(&bytes[label_start..i]) => label_start = i + 1,
             _ => return None,
         }
-        label_len += 1;
     }
-    let out = String::from_utf8(out).ok()?;
-    let last = out.rsplit('.').next().unwrap_or(&out);
-    let plain =
-        (1..=MAX_LABEL_LEN).contains(&label_len) && !is_number(last) && !out.contains("xn--");
-    plain.then_some(out)
+    let last = &bytes[label_start..];
+    (plain_label(last) && !is_number(last)).then(|| name.to_ascii_lowercase())
+}
+
+/// Whether a label starts with the ACE prefix `xn--` (any case).
+fn is_a_label(label: &[u8]) -> bool {
+    label
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"xn--"))
 }
 
 /// Checks a lowercase ASCII name against the rules in the module docs.
@@ -107,7 +107,7 @@ fn validate_ascii(name: &str) -> Result<(), NameError> {
     // A name whose last label is a number is an IPv4 address to URL parsers (WHATWG "ends in
     // a number"), even in short forms like 127.1 or 0x7f.1; refuse them all.
     let last = name.rsplit('.').next().unwrap_or(name);
-    if is_number(last) {
+    if is_number(last.as_bytes()) {
         return Err(NameError::IpLiteral);
     }
     if name.len() > MAX_NAME_LEN {
@@ -141,19 +141,18 @@ fn is_v6_literal(name: &str) -> bool {
 
 /// Whether any label starts with the ACE prefix `xn--` (any case).
 fn has_a_label(name: &str) -> bool {
-    name.split('.')
-        .any(|l| l.len() >= 4 && l[..4].eq_ignore_ascii_case("xn--"))
+    name.split('.').any(|l| is_a_label(l.as_bytes()))
 }
 
 /// A decimal or 0x-hex number, as the WHATWG URL parser reads IPv4 parts.
-fn is_number(label: &str) -> bool {
+fn is_number(label: &[u8]) -> bool {
     if let Some(hex) = label
-        .strip_prefix("0x")
-        .or_else(|| label.strip_prefix("0X"))
+        .strip_prefix(b"0x")
+        .or_else(|| label.strip_prefix(b"0X"))
     {
-        return hex.bytes().all(|b| b.is_ascii_hexdigit());
+        return hex.iter().all(u8::is_ascii_hexdigit);
     }
-    !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit())
+    !label.is_empty() && label.iter().all(u8::is_ascii_digit)
 }
 
 #[cfg(test)]
