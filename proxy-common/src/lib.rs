@@ -34,6 +34,9 @@ pub struct Handoff {
     /// to userspace is written to the peer before any later byte is redirected.
     /// Written by userspace; read by the verdict.
     pub go: u64,
+    /// The agent's connection id, so the kernel's log lines name the same connection as
+    /// the decision log. Written by userspace; read by the verdict (for logging only).
+    pub conn: u64,
 }
 
 /// Per-socket counters of the verdict program.

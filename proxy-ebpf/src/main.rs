@@ -66,14 +66,18 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
         counters.redirect_failures += 1;
         warn!(
             ctx,
-            "sock {}: redirect to {} failed, {} bytes passed", cookie, peer, len
+            "conn {}: sock {} redirect to {} failed, {} bytes passed",
+            handoff.conn,
+            cookie,
+            peer,
+            len
         );
         return pass(counters, len);
     }
     if counters.redirected == 0 {
         info!(
             ctx,
-            "sock {}: first skb spliced to {} ({} bytes)", cookie, peer, len
+            "conn {}: first skb spliced, sock {} to {} ({} bytes)", handoff.conn, cookie, peer, len
         );
     }
     counters.redirected += len;

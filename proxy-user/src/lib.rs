@@ -5,18 +5,28 @@
 //! - [`names`]: FQDN normalisation and validation.
 //! - [`policy`]: the compiled FQDN policy and its decisions.
 //! - [`tls`]: the incremental ClientHello assembler and first-bytes classifier.
-//! - [`cli`]: the `check` and `decide` subcommands.
+//! - [`cli`]: the subcommands (`run`, `check`, `decide`, `relay`).
+//! - [`agent`]: `sockgate run`: listeners, reload and shutdown.
+//! - [`session`]: one connection's flow, from accept to close.
+//! - [`connect`]: the CONNECT request parser.
+//! - [`upstream`]: resolving and connecting to servers.
+//! - [`events`]: the JSON decision log.
 //! - [`ebpf`]: loading the kernel program, its maps and the aya-log reader.
 //! - [`datapath`]: handing a socket pair to the kernel, with splice(2) and copy fallbacks.
 //! - [`relay`]: a plain TCP relay over the datapath, for benchmarks and tests.
 //! - [`sockopt`]: the few raw socket options the datapath needs.
 
+pub mod agent;
 pub mod cli;
 pub mod config;
+pub mod connect;
 pub mod datapath;
 pub mod ebpf;
+pub mod events;
 pub mod names;
 pub mod policy;
 pub mod relay;
+pub mod session;
 pub mod sockopt;
 pub mod tls;
+pub mod upstream;

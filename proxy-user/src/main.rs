@@ -18,6 +18,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the proxy with a config file.
+    Run(cli::run::Args),
     /// Validate a config file and print a one-line summary.
     Check(cli::check::Args),
     /// Print the policy decision for one name as JSON.
@@ -32,6 +34,7 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => cli::run::run(args),
         Command::Check(args) => cli::check::run(args),
         Command::Decide(args) => cli::decide::run(args),
         Command::Relay(args) => cli::relay::run(args),

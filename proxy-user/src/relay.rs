@@ -28,7 +28,9 @@ pub async fn serve(
     datapath: Arc<Datapath>,
     outcomes: Option<mpsc::UnboundedSender<Outcome>>,
 ) -> std::io::Result<()> {
+    let mut conn = 0u64;
     loop {
+        conn += 1;
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(err) => {
@@ -42,10 +44,10 @@ pub async fn serve(
         let config = config.clone();
         let outcomes = outcomes.clone();
         tokio::spawn(async move {
-            let client = datapath.adopt(stream);
+            let client = datapath.adopt(stream, conn);
             match relay(client, &config, &datapath).await {
                 Ok(outcome) => {
-                    log::info!("{peer}: {outcome:?}");
+                    log::info!("conn {conn} from {peer}: {outcome:?}");
                     if let Some(tx) = outcomes {
                         let _ = tx.send(outcome);
                     }
@@ -61,10 +63,13 @@ async fn relay(
     config: &RelayConfig,
     datapath: &Datapath,
 ) -> std::io::Result<Outcome> {
-    let mut upstream = datapath.adopt(TcpStream::connect(config.upstream).await?);
+    let conn = client.conn();
+    let mut upstream = datapath.adopt(TcpStream::connect(config.upstream).await?, conn);
     copy_exact(&mut client, &mut upstream, config.handshake_bytes).await?;
     copy_exact(&mut upstream, &mut client, config.handshake_bytes).await?;
-    Ok(datapath.splice(client, upstream).await)
+    Ok(datapath
+        .splice(client, upstream, std::future::pending())
+        .await)
 }
 
 /// Relays exactly `len` bytes (fewer at EOF) from `from` to `to` through userspace.

@@ -118,3 +118,48 @@ pub fn shutdown_write(fd: &impl AsRawFd) -> io::Result<()> {
     // SAFETY: plain syscall on a valid fd.
     check(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) })
 }
+
+/// The destination a REDIRECTed connection was originally sent to (SO_ORIGINAL_DST, or
+/// IP6T_SO_ORIGINAL_DST for IPv6; both are option 80 in netfilter's headers).
+pub fn original_dst(fd: &impl AsRawFd, ipv6: bool) -> io::Result<std::net::SocketAddr> {
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    if ipv6 {
+        let addr: libc::sockaddr_in6 = getsockopt_raw(fd, libc::SOL_IPV6, SO_ORIGINAL_DST)?;
+        Ok(std::net::SocketAddr::new(
+            std::net::Ipv6Addr::from(addr.sin6_addr.s6_addr).into(),
+            u16::from_be(addr.sin6_port),
+        ))
+    } else {
+        let addr: libc::sockaddr_in = getsockopt_raw(fd, libc::SOL_IP, SO_ORIGINAL_DST)?;
+        Ok(std::net::SocketAddr::new(
+            std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)).into(),
+            u16::from_be(addr.sin_port),
+        ))
+    }
+}
+
+fn getsockopt_raw<T>(fd: &impl AsRawFd, level: i32, name: i32) -> io::Result<T> {
+    // SAFETY: T is a plain C struct for which all-zero is valid.
+    let mut value: T = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is writable for `len` bytes.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            name,
+            (&raw mut value).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// Lets a listener accept TPROXY-ed connections for addresses that are not local.
+pub fn set_ip_transparent(fd: &impl AsRawFd, ipv6: bool) -> io::Result<()> {
+    if ipv6 {
+        setsockopt::<libc::c_int>(fd, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)
+    } else {
+        setsockopt::<libc::c_int>(fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1)
+    }
+}

@@ -302,6 +302,16 @@ fn rst_mid_stream_all_paths() {
     }
 }
 
+/// Kills the child if the test fails first, so it cannot outlive the test.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The sockgate binary loads and attaches the verdict, and the kernel's aya-log records
 /// reach its log.
 #[test]
@@ -310,13 +320,15 @@ fn kernel_log_reaches_agent_log() {
     let (listener, upstream) = listen();
     let reports = server(listener, |_| Plan::new(MIB, 5));
     let relay_addr = "127.0.0.1:4000";
-    let mut child = Command::new(sockgate_bin())
-        .args(["relay", "--listen", relay_addr, "--datapath", "sockmap"])
-        .args(["--upstream", &upstream.to_string()])
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("starting sockgate relay");
+    let mut child = ChildGuard(
+        Command::new(sockgate_bin())
+            .args(["relay", "--listen", relay_addr, "--datapath", "sockmap"])
+            .args(["--upstream", &upstream.to_string()])
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting sockgate relay"),
+    );
     let stream = (0..100)
         .find_map(|_| {
             thread::sleep(Duration::from_millis(50));
@@ -330,17 +342,19 @@ fn kernel_log_reaches_agent_log() {
     // Give the log reader a moment, then stop the agent and read everything it logged.
     thread::sleep(Duration::from_millis(300));
     // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    unsafe { libc::kill(child.0.id() as i32, libc::SIGINT) };
     let mut log = String::new();
     child
+        .0
         .stderr
         .take()
         .unwrap()
         .read_to_string(&mut log)
         .unwrap();
-    child.wait().unwrap();
+    child.0.wait().unwrap();
+    // The relay numbers connections from 1; the kernel's line names the same id.
     assert!(
-        log.contains("first skb spliced"),
+        log.contains("conn 1: first skb spliced"),
         "no aya-log record from the verdict in the agent's log:\n{log}"
     );
     assert!(log.contains("Sockmap"), "relay did not use sockmap:\n{log}");

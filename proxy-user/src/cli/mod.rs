@@ -3,3 +3,4 @@
 pub mod check;
 pub mod decide;
 pub mod relay;
+pub mod run;

@@ -9,23 +9,20 @@ use tokio::net::TcpStream;
 
 use super::{
     Endpoint,
-    direction::{End, both, eof_is_final, write_all},
+    direction::{End, Moved, both, eof_is_final, write_all},
 };
 use crate::sockopt;
 
 const BUFFER: usize = 64 << 10;
 
-pub(super) async fn run(client: &Endpoint, upstream: &Endpoint) -> (End, u64, u64) {
-    let up = AtomicU64::new(client.bytes_read());
-    let down = AtomicU64::new(upstream.bytes_read());
-    let end = both(
+pub(super) async fn run(client: &Endpoint, upstream: &Endpoint, moved: &Moved) -> End {
+    both(
         client.stream(),
         upstream.stream(),
-        direction(client, upstream.stream(), &up),
-        direction(upstream, client.stream(), &down),
+        direction(client, upstream.stream(), &moved.up),
+        direction(upstream, client.stream(), &moved.down),
     )
-    .await;
-    (end, up.load(Relaxed), down.load(Relaxed))
+    .await
 }
 
 /// `moved` starts at what the handshake read from `src`.

@@ -4,6 +4,7 @@
 use std::{
     future::Future,
     io,
+    sync::atomic::AtomicU64,
     time::{Duration, Instant},
 };
 
@@ -22,6 +23,19 @@ pub enum End {
     Rst,
     /// A local error (not a reset); both sides were reset.
     Error,
+    /// Closed for lack of traffic; both sides were reset.
+    Timeout,
+    /// Closed because sockgate is shutting down; both sides were reset.
+    Shutdown,
+}
+
+/// Bytes userspace read from each side in all, handshake included; shared with the
+/// directions so the count survives a connection stopped mid-way.
+pub(super) struct Moved {
+    /// From the client.
+    pub up: AtomicU64,
+    /// From the upstream.
+    pub down: AtomicU64,
 }
 
 impl End {
@@ -60,11 +74,15 @@ pub(super) async fn both(
         other => other,
     };
     if end != End::Fin {
-        // Closing with SO_LINGER 0 sends RST; the caller closes both right after.
-        let _ = sockopt::set_linger_zero(client);
-        let _ = sockopt::set_linger_zero(upstream);
+        reset_on_close(client, upstream);
     }
     end
+}
+
+/// Makes closing both sockets send RST (SO_LINGER 0); the caller closes them right after.
+pub(super) fn reset_on_close(client: &TcpStream, upstream: &TcpStream) {
+    let _ = sockopt::set_linger_zero(client);
+    let _ = sockopt::set_linger_zero(upstream);
 }
 
 /// How long EOF may run ahead of bytes the verdict already passed.

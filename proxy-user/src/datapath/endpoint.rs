@@ -14,6 +14,8 @@ pub struct Endpoint {
     stream: TcpStream,
     /// SO_COOKIE: the socket's key in every map.
     cookie: u64,
+    /// The agent's connection id, for the kernel's log lines.
+    conn: u64,
     /// Set while the socket is in the SOCKHASH; dropping the endpoint removes its entries.
     kernel: Option<Arc<Kernel>>,
     /// Bytes userspace has read from this socket.
@@ -23,10 +25,16 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub(super) fn new(stream: TcpStream, cookie: u64, kernel: Option<Arc<Kernel>>) -> Self {
+    pub(super) fn new(
+        stream: TcpStream,
+        cookie: u64,
+        conn: u64,
+        kernel: Option<Arc<Kernel>>,
+    ) -> Self {
         Self {
             stream,
             cookie,
+            conn,
             kernel,
             read: 0,
             written: 0,
@@ -51,8 +59,18 @@ impl Endpoint {
         &self.stream
     }
 
+    /// For half-closing; reading or writing through it bypasses the counts.
+    pub fn stream_mut(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
     pub fn cookie(&self) -> u64 {
         self.cookie
+    }
+
+    /// The connection id given at adoption.
+    pub fn conn(&self) -> u64 {
+        self.conn
     }
 
     /// Whether the socket is in the SOCKHASH.

@@ -17,9 +17,17 @@ mod endpoint;
 mod pipe;
 mod sockmap;
 
-use std::{fmt, sync::Arc};
+use std::{
+    fmt,
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
 
 pub use direction::End;
+use direction::Moved;
 pub use endpoint::Endpoint;
 use tokio::net::TcpStream;
 
@@ -91,13 +99,19 @@ impl Datapath {
         }
     }
 
+    /// The configured mode.
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     /// The kernel program, when this datapath uses it.
     pub fn kernel(&self) -> Option<&Arc<Kernel>> {
         self.kernel.as_ref()
     }
 
-    /// Takes a freshly accepted or connected socket, before anything is read from it.
-    pub fn adopt(&self, stream: TcpStream) -> Endpoint {
+    /// Takes a freshly accepted or connected socket of connection `conn`, before anything
+    /// is read from it.
+    pub fn adopt(&self, stream: TcpStream, conn: u64) -> Endpoint {
         if self.send_buffer > 0
             && let Err(err) = sockopt::set_send_buffer(&stream, self.send_buffer)
         {
@@ -107,7 +121,7 @@ impl Datapath {
         let cookie = sockopt::cookie(&stream).unwrap_or(0);
         let kernel = self.kernel.as_ref().and_then(|kernel| {
             if let Err(err) = kernel.insert(cookie, &stream) {
-                log::debug!("sock {cookie}: not inserted ({err}); falling back");
+                log::debug!("conn {conn}: sock {cookie} not inserted ({err}); falling back");
                 return None;
             }
             // The kick makes the verdict see bytes queued before the insert. It cannot fail
@@ -115,22 +129,49 @@ impl Datapath {
             let _ = sockopt::kick(&stream);
             Some(Arc::clone(kernel))
         });
-        Endpoint::new(stream, cookie, kernel)
+        Endpoint::new(stream, cookie, conn, kernel)
     }
 
-    /// Moves bytes both ways until both directions end, then closes both sockets; dropping
-    /// the endpoints frees their map entries.
-    pub async fn splice(&self, client: Endpoint, upstream: Endpoint) -> Outcome {
+    /// Moves bytes both ways until both directions end, or until `stop` resolves (both
+    /// sides are then reset and `stop`'s value is the end). Then closes both sockets;
+    /// dropping the endpoints frees their map entries.
+    pub async fn splice(
+        &self,
+        client: Endpoint,
+        upstream: Endpoint,
+        stop: impl Future<Output = End>,
+    ) -> Outcome {
         let path = match (&self.kernel, client.in_kernel(), upstream.in_kernel()) {
             (Some(_), true, true) => Path::Sockmap,
             (_, false, false) if self.mode != Mode::Copy => Path::Splice,
             _ => Path::Copy,
         };
-        let (end, bytes_up, bytes_down) = match (path, &self.kernel) {
-            (Path::Sockmap, Some(kernel)) => sockmap::run(kernel, &client, &upstream).await,
-            (Path::Splice, _) => pipe::run(&client, &upstream).await,
-            _ => copy::run(&client, &upstream).await,
+        let moved = Moved {
+            up: AtomicU64::new(client.bytes_read()),
+            down: AtomicU64::new(upstream.bytes_read()),
         };
+        let run = async {
+            match (path, &self.kernel) {
+                (Path::Sockmap, Some(kernel)) => {
+                    sockmap::run(kernel, &client, &upstream, &moved).await
+                }
+                (Path::Splice, _) => pipe::run(&client, &upstream, &moved).await,
+                _ => copy::run(&client, &upstream, &moved).await,
+            }
+        };
+        let end = tokio::select! {
+            end = run => end,
+            end = stop => {
+                direction::reset_on_close(client.stream(), upstream.stream());
+                end
+            }
+        };
+        let mut bytes_up = moved.up.load(Relaxed);
+        let mut bytes_down = moved.down.load(Relaxed);
+        if let (Path::Sockmap, Some(kernel)) = (path, &self.kernel) {
+            bytes_up += kernel.counters(client.cookie()).redirected;
+            bytes_down += kernel.counters(upstream.cookie()).redirected;
+        }
         Outcome {
             bytes_up,
             bytes_down,

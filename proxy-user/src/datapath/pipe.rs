@@ -10,24 +10,21 @@ use tokio::{io::Interest, net::TcpStream};
 
 use super::{
     Endpoint,
-    direction::{End, both},
+    direction::{End, Moved, both},
 };
 use crate::sockopt;
 
 /// Pipe capacity; also the most one splice moves. 1 MiB is the default pipe-max-size.
 const PIPE_SIZE: usize = 1 << 20;
 
-pub(super) async fn run(client: &Endpoint, upstream: &Endpoint) -> (End, u64, u64) {
-    let up = AtomicU64::new(client.bytes_read());
-    let down = AtomicU64::new(upstream.bytes_read());
-    let end = both(
+pub(super) async fn run(client: &Endpoint, upstream: &Endpoint, moved: &Moved) -> End {
+    both(
         client.stream(),
         upstream.stream(),
-        direction(client.stream(), upstream.stream(), &up),
-        direction(upstream.stream(), client.stream(), &down),
+        direction(client.stream(), upstream.stream(), &moved.up),
+        direction(upstream.stream(), client.stream(), &moved.down),
     )
-    .await;
-    (end, up.load(Relaxed), down.load(Relaxed))
+    .await
 }
 
 struct Pipe {

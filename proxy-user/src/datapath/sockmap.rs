@@ -18,7 +18,7 @@ use proxy_common::Handoff;
 
 use super::{
     Endpoint,
-    direction::{End, both, eof_is_final, write_all},
+    direction::{End, Moved, both, eof_is_final, write_all},
 };
 use crate::{ebpf::Kernel, sockopt};
 
@@ -29,21 +29,15 @@ pub(super) async fn run(
     kernel: &Kernel,
     client: &Endpoint,
     upstream: &Endpoint,
-) -> (End, u64, u64) {
-    let up = AtomicU64::new(client.bytes_read());
-    let down = AtomicU64::new(upstream.bytes_read());
-    let end = both(
+    moved: &Moved,
+) -> End {
+    both(
         client.stream(),
         upstream.stream(),
-        direction(kernel, client, upstream, &up),
-        direction(kernel, upstream, client, &down),
+        direction(kernel, client, upstream, &moved.up),
+        direction(kernel, upstream, client, &moved.down),
     )
-    .await;
-    (
-        end,
-        up.load(Relaxed) + kernel.counters(client.cookie()).redirected,
-        down.load(Relaxed) + kernel.counters(upstream.cookie()).redirected,
-    )
+    .await
 }
 
 /// One direction, `src` to `dst`. `read` counts what userspace read from `src`.
@@ -56,6 +50,7 @@ async fn direction(kernel: &Kernel, src: &Endpoint, dst: &Endpoint, read: &Atomi
             let handoff = Handoff {
                 peer: dst.cookie(),
                 go: read.load(Relaxed),
+                conn: src.conn(),
             };
             if let Err(err) = kernel.set_handoff(src.cookie(), handoff) {
                 log::warn!("sock {}: handoff map update failed: {err}", src.cookie());

@@ -1,0 +1,301 @@
+//! `sockgate run`: the listeners, the shared config snapshot, and the lifecycle.
+//!
+//! SIGHUP reloads the config (an invalid one is refused and the old one stays), SIGTERM
+//! stops accepting and drains relayed connections for `shutdown_grace`, SIGINT stops at
+//! once. Every connection runs as a [`session`].
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    time::Duration,
+};
+
+use anyhow::Context as _;
+use tokio::{
+    net::{TcpListener, TcpSocket},
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+    task::JoinHandle,
+};
+
+use crate::{
+    config::{self, Config, ListenerConfig, ListenerKind},
+    datapath::{DEFAULT_SEND_BUFFER, Datapath, Mode},
+    ebpf::Kernel,
+    policy::Policy,
+    session::{self, Context, ListenerInfo, Live, Phase},
+    sockopt,
+    upstream::Resolver,
+};
+
+/// State shared by every listener and session.
+struct Agent {
+    datapath: Arc<Datapath>,
+    /// The config snapshot new connections take; replaced whole on reload.
+    live: RwLock<Arc<Live>>,
+    phase: watch::Sender<Phase>,
+    next_conn: AtomicU64,
+    /// Connections open now (for `max_connections`).
+    active: AtomicUsize,
+    /// Running listeners by name, with the config they were started from.
+    listeners: Mutex<HashMap<String, (ListenerConfig, JoinHandle<()>)>>,
+}
+
+/// Builds the snapshot sessions run under; fails on what `validate()` cannot see.
+fn live(config: &Config) -> anyhow::Result<Live> {
+    if config.resolver.nameservers.is_some() {
+        anyhow::bail!(
+            "resolver.nameservers is not supported yet: sockgate uses the system resolver \
+             (/etc/resolv.conf) and [resolver] hosts"
+        );
+    }
+    Ok(Live {
+        policy: Policy::compile(&config.policy)?,
+        limits: config.limits.clone(),
+        resolver: Resolver::new(&config.resolver),
+    })
+}
+
+fn mode(datapath: config::Datapath) -> Mode {
+    match datapath {
+        config::Datapath::Auto => Mode::Auto,
+        config::Datapath::Sockmap => Mode::Sockmap,
+        config::Datapath::Splice => Mode::Splice,
+        config::Datapath::Copy => Mode::Copy,
+    }
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+    let config = Config::load(&path)?;
+    let live = live(&config)?;
+    let mode = mode(config.datapath);
+    let kernel = match mode {
+        Mode::Auto | Mode::Sockmap => match Kernel::load() {
+            Ok(kernel) => {
+                kernel.spawn_log_reader()?;
+                Some(Arc::new(kernel))
+            }
+            Err(err) if mode == Mode::Sockmap => {
+                return Err(err).context("datapath = \"sockmap\" needs the eBPF program");
+            }
+            Err(err) => {
+                log::warn!("eBPF program not loaded ({err}); relaying with splice(2)");
+                None
+            }
+        },
+        Mode::Splice | Mode::Copy => None,
+    };
+    let (phase, _) = watch::channel(Phase::Running);
+    let agent = Arc::new(Agent {
+        datapath: Arc::new(Datapath::new(kernel, mode, DEFAULT_SEND_BUFFER)),
+        live: RwLock::new(Arc::new(live)),
+        phase,
+        next_conn: AtomicU64::new(0),
+        active: AtomicUsize::new(0),
+        listeners: Mutex::new(HashMap::new()),
+    });
+    for listener in &config.listeners {
+        start_listener(&agent, listener).await?;
+    }
+    log::info!(
+        "sockgate running: {} listeners, {} rules, datapath {:?}",
+        config.listeners.len(),
+        config.policy.rules.len(),
+        mode
+    );
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let grace = loop {
+        tokio::select! {
+            _ = hup.recv() => reload(&agent, &path).await,
+            _ = term.recv() => break live_limits(&agent).shutdown_grace,
+            _ = int.recv() => break Duration::ZERO,
+        }
+    };
+    shutdown(&agent, grace).await;
+    Ok(())
+}
+
+fn live_limits(agent: &Agent) -> config::Limits {
+    snapshot(agent).limits.clone()
+}
+
+fn snapshot(agent: &Agent) -> Arc<Live> {
+    Arc::clone(&agent.live.read().unwrap_or_else(|p| p.into_inner()))
+}
+
+/// SIGTERM/SIGINT: stop accepting, end handshakes, give relayed connections `grace`.
+async fn shutdown(agent: &Agent, grace: Duration) {
+    log::info!(
+        "shutting down: {} open connections, grace {grace:?}",
+        agent.active.load(Relaxed)
+    );
+    for (_, (_, task)) in agent
+        .listeners
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+    {
+        task.abort();
+    }
+    agent.phase.send_replace(Phase::Draining { grace });
+    // Sessions close themselves when the grace period ends; wait for their close lines.
+    let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(2);
+    while agent.active.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGHUP: a valid new config replaces the policy and limits for new connections and
+/// adds, restarts or removes listeners; an invalid one changes nothing.
+async fn reload(agent: &Arc<Agent>, path: &Path) {
+    let config = match Config::load(path)
+        .map_err(anyhow::Error::from)
+        .and_then(|c| {
+            let live = live(&c)?;
+            Ok((c, live))
+        }) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            log::error!("reload refused, keeping the running config: {err:#}");
+            return;
+        }
+    };
+    let (config, live) = config;
+    if mode(config.datapath) != mode_of(agent) {
+        log::warn!("reload: a datapath change takes effect only after a restart");
+    }
+    *agent.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+    let wanted: HashMap<&str, &ListenerConfig> = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str(), l))
+        .collect();
+    let stale: Vec<String> = {
+        lock(&agent.listeners)
+            .iter()
+            .filter(|(name, (cfg, _))| wanted.get(name.as_str()) != Some(&cfg))
+            .map(|(name, _)| name.clone())
+            .collect()
+    };
+    for name in &stale {
+        let removed = lock(&agent.listeners).remove(name);
+        if let Some((_, task)) = removed {
+            task.abort();
+            // The aborted task drops its socket; wait for it so the same address can be
+            // bound again.
+            let _ = task.await;
+        }
+    }
+    for listener in &config.listeners {
+        let running = lock(&agent.listeners).contains_key(&listener.name);
+        if !running && let Err(err) = start_listener(agent, listener).await {
+            log::error!("reload: listener {}: {err:#}", listener.name);
+        }
+    }
+    log::info!(
+        "reloaded {}: {} listeners, {} rules",
+        path.display(),
+        config.listeners.len(),
+        config.policy.rules.len()
+    );
+}
+
+fn mode_of(agent: &Agent) -> Mode {
+    agent.datapath.mode()
+}
+
+async fn bind(config: &ListenerConfig) -> anyhow::Result<TcpListener> {
+    let addr: SocketAddr = config.address;
+    let socket = if addr.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
+    socket.set_reuseaddr(true)?;
+    if let ListenerKind::Transparent { tproxy: true, .. } = config.kind() {
+        sockopt::set_ip_transparent(&socket, addr.is_ipv6())
+            .context("IP_TRANSPARENT (needs CAP_NET_ADMIN)")?;
+    }
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr}"))?;
+    Ok(socket.listen(1024)?)
+}
+
+async fn start_listener(agent: &Arc<Agent>, config: &ListenerConfig) -> anyhow::Result<()> {
+    let listener = bind(config)
+        .await
+        .with_context(|| format!("listener {}", config.name))?;
+    let info = Arc::new(ListenerInfo {
+        name: config.name.clone(),
+        kind: config.kind(),
+    });
+    log::info!(
+        "listener {} ({}) on {}",
+        config.name,
+        config.mode,
+        config.address
+    );
+    let task = tokio::spawn(accept_loop(Arc::clone(agent), listener, info));
+    lock(&agent.listeners).insert(config.name.clone(), (config.clone(), task));
+    Ok(())
+}
+
+/// Counts an open connection until dropped.
+struct Active(Arc<Agent>);
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Relaxed);
+    }
+}
+
+async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, info: Arc<ListenerInfo>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(err) => {
+                // EMFILE and friends pass; the listener stays.
+                log::warn!("listener {}: accept: {err}", info.name);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conn = agent.next_conn.fetch_add(1, Relaxed) + 1;
+        let live = snapshot(&agent);
+        let cx = Context {
+            datapath: Arc::clone(&agent.datapath),
+            live: Arc::clone(&live),
+            listener: Arc::clone(&info),
+            phase: agent.phase.subscribe(),
+        };
+        let open = agent.active.fetch_add(1, Relaxed) + 1;
+        let guard = Active(Arc::clone(&agent));
+        if open > live.limits.max_connections as usize {
+            log::warn!(
+                "conn {conn}: over max_connections ({}); reset",
+                live.limits.max_connections
+            );
+            session::refuse_over_limit(&cx, stream, peer, conn).await;
+            drop(guard);
+            continue;
+        }
+        tokio::spawn(async move {
+            session::run(cx, stream, peer, conn).await;
+            drop(guard);
+        });
+    }
+}
+
+/// The listener table holds no invariant a panic could break.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

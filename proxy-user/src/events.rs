@@ -1,0 +1,138 @@
+//! The decision log: one JSON line per event on stdout. Every connection gets a `decision`
+//! line and a `close` line with the same `conn` id.
+
+use std::{
+    io::Write as _,
+    net::SocketAddr,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+
+use crate::{
+    datapath::{End, Path},
+    policy::Action,
+    tls::Protocol,
+};
+
+/// Where a connection's name came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FqdnSource {
+    Sni,
+    Connect,
+    None,
+}
+
+/// The `decision` line.
+#[derive(Debug, Serialize)]
+pub struct Decision {
+    pub conn: u64,
+    pub listener: String,
+    pub client: SocketAddr,
+    /// Where sockgate connected (or would have): `ip:port`, or `host:port` before resolution.
+    pub dst: Option<String>,
+    pub fqdn: Option<String>,
+    pub fqdn_source: FqdnSource,
+    pub protocol: Protocol,
+    pub alpn: Vec<String>,
+    /// The negotiated or offered TLS version, e.g. "1.3".
+    pub tls_version: Option<String>,
+    pub ech: bool,
+    pub action: Action,
+    pub rule: Option<String>,
+    pub reason: String,
+}
+
+/// The `close` line.
+#[derive(Debug, Serialize)]
+pub struct Close {
+    pub conn: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub duration_ms: u64,
+    /// The path that carried the bytes; `None` when the connection was never relayed.
+    pub datapath: Option<Path>,
+    pub end: End,
+}
+
+#[derive(Serialize)]
+struct Line<'a, T> {
+    ts: String,
+    event: &'a str,
+    #[serde(flatten)]
+    body: &'a T,
+}
+
+fn emit<T: Serialize>(event: &str, body: &T) {
+    let line = Line {
+        ts: timestamp(SystemTime::now()),
+        event,
+        body,
+    };
+    if let Ok(json) = serde_json::to_string(&line) {
+        let mut out = std::io::stdout().lock();
+        // A closed stdout must not take connections down with it.
+        let _ = writeln!(out, "{json}");
+        let _ = out.flush();
+    }
+}
+
+pub fn decision(d: &Decision) {
+    emit("decision", d);
+}
+
+pub fn close(c: &Close) {
+    emit("close", c);
+}
+
+/// RFC 3339 in UTC with milliseconds, e.g. `2026-11-28T09:41:07.123Z`.
+pub fn timestamp(t: SystemTime) -> String {
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        since.subsec_millis()
+    )
+}
+
+/// "1.3" for 0x0304 and so on.
+pub fn tls_version_name(v: u16) -> String {
+    match v {
+        0x0304 => "1.3".into(),
+        0x0303 => "1.2".into(),
+        0x0302 => "1.1".into(),
+        0x0301 => "1.0".into(),
+        other => format!("0x{other:04x}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_859_467_123);
+        assert_eq!(timestamp(t), "2026-11-28T09:51:07.123Z");
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+}

@@ -1,0 +1,658 @@
+//! One client connection, from accept to close, in the order of the flow:
+//!
+//! 1. the TCP handshake ended at a listener ([`run`] adopts the socket);
+//! 2. learn where it is going: the original destination, the CONNECT request, or later the
+//!    SNI ([`Session::target`]);
+//! 3. read the client's first bytes: a whole ClientHello, other bytes, or silence
+//!    ([`Session::first_flight`]);
+//! 4. decide with the policy ([`Session::decide`]);
+//! 5. connect to the server and forward the first bytes exactly ([`Session::connect`]);
+//! 6. relay the server's ServerHello, and a second ClientHello after a HelloRetryRequest
+//!    ([`Session::server_hello`]);
+//! 7. hand both sockets to the datapath until they close ([`run`]).
+//!
+//! Every connection logs one `decision` line and one `close` line.
+
+mod refuse;
+
+use std::{
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use refuse::{ACCESS_DENIED, Signal, UNRECOGNIZED_NAME, refuse};
+use tokio::{net::TcpStream, sync::watch};
+
+use crate::{
+    config::{DenyWith, Limits, ListenerKind},
+    connect::{self, Request},
+    datapath::{Datapath, End, Endpoint},
+    events::{self, FqdnSource, tls_version_name},
+    names,
+    policy::{Action, Decision, Policy, Query},
+    sockopt,
+    tls::{
+        self, ClientHello, ClientHelloAssembler, Progress, Protocol, ServerHelloAssembler,
+        ServerProgress,
+    },
+    upstream::{self, Resolver, UpstreamError},
+};
+
+/// The config a connection runs under: a snapshot, so a reload never changes a connection
+/// half-way.
+pub struct Live {
+    pub policy: Policy,
+    pub limits: Limits,
+    pub resolver: Resolver,
+}
+
+/// One listener's identity and mode.
+#[derive(Debug)]
+pub struct ListenerInfo {
+    pub name: String,
+    pub kind: ListenerKind,
+}
+
+/// The agent's lifecycle, as sessions see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Running,
+    /// SIGTERM: handshakes stop now, relayed connections get `grace`.
+    Draining {
+        grace: Duration,
+    },
+}
+
+/// Everything a session needs from the agent.
+pub struct Context {
+    pub datapath: Arc<Datapath>,
+    pub live: Arc<Live>,
+    pub listener: Arc<ListenerInfo>,
+    pub phase: watch::Receiver<Phase>,
+}
+
+/// Why a connection was not relayed. Each has a reason token for the decision log and a
+/// signal for the client.
+#[derive(Debug, thiserror::Error)]
+enum Refusal {
+    #[error("{0}")]
+    Policy(String),
+    #[error("timeout")]
+    Timeout,
+    #[error("shutdown")]
+    Shutdown,
+    #[error("client_closed")]
+    ClientClosed,
+    #[error("client_hello_malformed: {0}")]
+    Malformed(tls::Malformed),
+    #[error("client_hello_too_large")]
+    TooLarge,
+    #[error("{0}")]
+    BadRequest(connect::Reject),
+    #[error("no_sni")]
+    NoSni,
+    #[error("sni_mismatch")]
+    SniMismatch,
+    #[error("hrr_sni_changed")]
+    HrrSniChanged,
+    #[error("{}", .0.reason())]
+    Upstream(UpstreamError),
+    #[error("upstream_closed")]
+    UpstreamClosed,
+    #[error("upstream_not_tls")]
+    UpstreamNotTls,
+    #[error("original_dst: {0}")]
+    OriginalDst(std::io::Error),
+}
+
+/// The client's first bytes.
+enum FirstFlight {
+    Hello(ClientHello, Vec<u8>),
+    Other(Vec<u8>),
+    Silence,
+}
+
+/// The state of one connection through the handshake.
+struct Session<'a> {
+    cx: &'a Context,
+    client: Endpoint,
+    record: events::Decision,
+    /// The policy's answer, once asked.
+    decision: Option<Decision>,
+    /// CONNECT only: the 200 has been sent, so refusals can no longer be HTTP.
+    tunnel_open: bool,
+}
+
+const READ_CHUNK: usize = 16 * 1024;
+
+/// Refuses a connection over `max_connections` at once, with its two log lines.
+pub async fn refuse_over_limit(cx: &Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
+    events::decision(&events::Decision {
+        conn,
+        listener: cx.listener.name.clone(),
+        client: peer,
+        dst: None,
+        fqdn: None,
+        fqdn_source: FqdnSource::None,
+        protocol: Protocol::None,
+        alpn: Vec::new(),
+        tls_version: None,
+        ech: false,
+        action: Action::Deny,
+        rule: None,
+        reason: "max_connections".into(),
+    });
+    let _ = sockopt::set_linger_zero(&stream);
+    drop(stream);
+    events::close(&events::Close {
+        conn,
+        bytes_up: 0,
+        bytes_down: 0,
+        duration_ms: 0,
+        datapath: None,
+        end: End::Rst,
+    });
+}
+
+/// Runs one accepted connection to its end.
+pub async fn run(cx: Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
+    let started = Instant::now();
+    let client = cx.datapath.adopt(stream, conn);
+    let record = events::Decision {
+        conn,
+        listener: cx.listener.name.clone(),
+        client: peer,
+        dst: None,
+        fqdn: None,
+        fqdn_source: FqdnSource::None,
+        protocol: Protocol::None,
+        alpn: Vec::new(),
+        tls_version: None,
+        ech: false,
+        action: Action::Deny,
+        rule: None,
+        reason: String::new(),
+    };
+    let mut session = Session {
+        cx: &cx,
+        client,
+        record,
+        decision: None,
+        tunnel_open: false,
+    };
+    let mut phase = cx.phase.clone();
+    let handshake = tokio::time::timeout(cx.live.limits.handshake_timeout, session.handshake());
+    let result = tokio::select! {
+        result = handshake => result.unwrap_or(Err(Refusal::Timeout)),
+        _ = phase.wait_for(|p| *p != Phase::Running) => Err(Refusal::Shutdown),
+    };
+    let Session {
+        client,
+        mut record,
+        decision,
+        tunnel_open,
+        ..
+    } = session;
+    record.rule = decision.as_ref().and_then(|d| d.rule.clone());
+    match result {
+        Ok(upstream) => {
+            record.action = Action::Allow;
+            record.reason = decision.map_or_else(String::new, |d| d.reason.to_string());
+            events::decision(&record);
+            let stop = drain(cx.phase.clone());
+            let outcome = cx.datapath.splice(client, upstream, stop).await;
+            events::close(&events::Close {
+                conn,
+                bytes_up: outcome.bytes_up,
+                bytes_down: outcome.bytes_down,
+                duration_ms: started.elapsed().as_millis() as u64,
+                datapath: Some(outcome.path),
+                end: outcome.end,
+            });
+        }
+        Err(refusal) => {
+            record.action = Action::Deny;
+            record.reason = refusal.to_string();
+            events::decision(&record);
+            let signal = signal_for(&refusal, &cx, &record, tunnel_open);
+            let bytes_up = client.bytes_read();
+            let bytes_down = client.bytes_written();
+            log::debug!("conn {conn}: refused ({refusal}) with {signal:?}");
+            refuse(client, signal, &record.reason).await;
+            events::close(&events::Close {
+                conn,
+                bytes_up,
+                bytes_down,
+                duration_ms: started.elapsed().as_millis() as u64,
+                datapath: None,
+                end: match refusal {
+                    Refusal::Timeout => End::Timeout,
+                    Refusal::Shutdown => End::Shutdown,
+                    _ if signal == Signal::Reset => End::Rst,
+                    _ => End::Fin,
+                },
+            });
+        }
+    }
+}
+
+/// Resolves once SIGTERM's grace period is over: relayed connections then close.
+async fn drain(mut phase: watch::Receiver<Phase>) -> End {
+    let Ok(p) = phase.wait_for(|p| *p != Phase::Running).await.map(|p| *p) else {
+        return std::future::pending().await;
+    };
+    if let Phase::Draining { grace } = p {
+        tokio::time::sleep(grace).await;
+    }
+    End::Shutdown
+}
+
+/// What the client is told for a refusal.
+fn signal_for(
+    refusal: &Refusal,
+    cx: &Context,
+    record: &events::Decision,
+    tunnel_open: bool,
+) -> Signal {
+    if matches!(cx.listener.kind, ListenerKind::Connect { .. }) && !tunnel_open {
+        return match refusal {
+            Refusal::Policy(_) => Signal::Http(403, "Forbidden"),
+            Refusal::BadRequest(reject) => {
+                let (status, text) = reject.status();
+                Signal::Http(status, text)
+            }
+            Refusal::Upstream(UpstreamError::Timeout) => Signal::Http(504, "Gateway Timeout"),
+            Refusal::Upstream(_) => Signal::Http(502, "Bad Gateway"),
+            _ => Signal::Reset,
+        };
+    }
+    let denied = matches!(
+        refusal,
+        Refusal::Policy(_) | Refusal::NoSni | Refusal::SniMismatch
+    );
+    if denied && record.protocol == Protocol::Tls && cx.live.policy.deny_with() == DenyWith::Alert {
+        let no_fitting_name = record.fqdn.is_none() || record.reason.starts_with("invalid_name");
+        return Signal::Alert(if no_fitting_name {
+            UNRECOGNIZED_NAME
+        } else {
+            ACCESS_DENIED
+        });
+    }
+    Signal::Reset
+}
+
+impl Session<'_> {
+    async fn handshake(&mut self) -> Result<Endpoint, Refusal> {
+        match self.cx.listener.kind {
+            ListenerKind::Connect { allow_sni_mismatch } => {
+                let (host, port) = self.connect_request().await?;
+                self.decide_connect(&host, port)?;
+                let addrs = self.resolve(&host, port).await?;
+                let mut upstream = self.connect(&addrs).await?;
+                self.client
+                    .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
+                    .await
+                    .map_err(|_| Refusal::ClientClosed)?;
+                self.tunnel_open = true;
+                let flight = self.first_flight().await?;
+                self.check_tunnel(&host, port, &flight, allow_sni_mismatch)?;
+                self.forward(&mut upstream, flight).await?;
+                Ok(upstream)
+            }
+            ListenerKind::Transparent {
+                verify_destination,
+                tproxy,
+            } => {
+                let dst = self.original_destination(tproxy)?;
+                let flight = self.first_flight().await?;
+                let sni = self.sni(&flight);
+                self.decide_or_refuse(sni.as_deref(), dst.port())?;
+                if verify_destination && let Some(name) = &sni {
+                    let addrs = self.resolve(name, dst.port()).await?;
+                    if !addrs.iter().any(|a| a.ip() == dst.ip()) {
+                        return Err(Refusal::SniMismatch);
+                    }
+                }
+                let mut upstream = self.connect(&[dst]).await?;
+                self.forward(&mut upstream, flight).await?;
+                Ok(upstream)
+            }
+            ListenerKind::Sni { upstream_port } => {
+                let flight = self.first_flight().await?;
+                let sni = self.sni(&flight);
+                self.decide_or_refuse(sni.as_deref(), upstream_port)?;
+                let Some(name) = sni else {
+                    return Err(Refusal::NoSni);
+                };
+                let addrs = self.resolve(&name, upstream_port).await?;
+                let mut upstream = self.connect(&addrs).await?;
+                self.forward(&mut upstream, flight).await?;
+                Ok(upstream)
+            }
+        }
+    }
+
+    /// Step 2, transparent: where the client was going.
+    fn original_destination(&mut self, tproxy: bool) -> Result<SocketAddr, Refusal> {
+        let stream = self.client.stream();
+        let local = stream.local_addr().map_err(Refusal::OriginalDst)?;
+        // TPROXY keeps the original destination as the socket's own address.
+        let dst = if tproxy {
+            local
+        } else {
+            sockopt::original_dst(stream, local.is_ipv6()).map_err(Refusal::OriginalDst)?
+        };
+        self.record.dst = Some(dst.to_string());
+        Ok(dst)
+    }
+
+    /// Step 2, connect: reads `CONNECT host:port`.
+    async fn connect_request(&mut self) -> Result<(String, u16), Refusal> {
+        let mut head = Vec::new();
+        let mut buf = [0; 1024];
+        loop {
+            let n = self
+                .client
+                .read(&mut buf)
+                .await
+                .map_err(|_| Refusal::ClientClosed)?;
+            if n == 0 {
+                return Err(Refusal::ClientClosed);
+            }
+            head.extend_from_slice(&buf[..n]);
+            match connect::parse(&head) {
+                Request::NeedMore => {}
+                Request::Reject(reject) => return Err(Refusal::BadRequest(reject)),
+                Request::Connect {
+                    host,
+                    port,
+                    head_len,
+                } => {
+                    // A client that sends tunnel bytes before our 200 cannot be checked the
+                    // same way; refuse rather than guess.
+                    if head_len != head.len() {
+                        return Err(Refusal::BadRequest(connect::Reject::BadRequest(
+                            "data before 200",
+                        )));
+                    }
+                    self.record.dst = Some(format!("{host}:{port}"));
+                    self.record.fqdn_source = FqdnSource::Connect;
+                    self.record.fqdn = Some(host.clone());
+                    return Ok((host, port));
+                }
+            }
+        }
+    }
+
+    /// Step 3: the client's first bytes. Silence for `client_first_timeout` means a
+    /// server-speaks-first protocol.
+    async fn first_flight(&mut self) -> Result<FirstFlight, Refusal> {
+        let limits = &self.cx.live.limits;
+        let mut assembler = ClientHelloAssembler::new(limits.max_client_hello);
+        let mut buf = vec![0; READ_CHUNK];
+        let first =
+            tokio::time::timeout(limits.client_first_timeout, self.client.read(&mut buf)).await;
+        let mut n = match first {
+            Err(_) => return Ok(FirstFlight::Silence),
+            Ok(Err(_) | Ok(0)) => return Err(Refusal::ClientClosed),
+            Ok(Ok(n)) => n,
+        };
+        loop {
+            match assembler.push(&buf[..n]) {
+                Progress::NeedMore => {}
+                Progress::Complete { hello, consumed } => {
+                    self.note_hello(&hello);
+                    return Ok(FirstFlight::Hello(hello, buf[consumed..n].to_vec()));
+                }
+                Progress::NotTls(first) => {
+                    self.record.protocol = first.protocol;
+                    return Ok(FirstFlight::Other(first.bytes));
+                }
+                Progress::Malformed(why) => {
+                    self.record.protocol = Protocol::Tls;
+                    return Err(Refusal::Malformed(why));
+                }
+                Progress::TooLarge => {
+                    self.record.protocol = Protocol::Tls;
+                    return Err(Refusal::TooLarge);
+                }
+            }
+            n = self
+                .client
+                .read(&mut buf)
+                .await
+                .map_err(|_| Refusal::ClientClosed)?;
+            if n == 0 {
+                return Err(Refusal::ClientClosed);
+            }
+        }
+    }
+
+    fn note_hello(&mut self, hello: &ClientHello) {
+        self.record.protocol = Protocol::Tls;
+        self.record.alpn.clone_from(&hello.alpn);
+        self.record.ech = hello.ech;
+        let version = hello
+            .supported_versions
+            .first()
+            .copied()
+            .unwrap_or(hello.legacy_version);
+        self.record.tls_version = Some(tls_version_name(version));
+    }
+
+    /// The SNI of a TLS first flight; records it as the connection's name.
+    fn sni(&mut self, flight: &FirstFlight) -> Option<String> {
+        let FirstFlight::Hello(hello, _) = flight else {
+            return None;
+        };
+        let sni = hello.sni.clone()?;
+        self.record.fqdn = Some(sni.clone());
+        self.record.fqdn_source = FqdnSource::Sni;
+        Some(sni)
+    }
+
+    fn query(&self, fqdn: Option<&str>, port: u16, protocol: Protocol) -> Decision {
+        self.cx.live.policy.decide(&Query {
+            fqdn,
+            source: Some(self.record.client.ip()),
+            port: Some(port),
+            protocol,
+        })
+    }
+
+    /// Step 4: the policy on what is known; a deny ends the session.
+    fn decide_or_refuse(&mut self, fqdn: Option<&str>, port: u16) -> Result<(), Refusal> {
+        let decision = self.query(fqdn, port, self.record.protocol);
+        let allowed = decision.action == Action::Allow;
+        self.keep(decision);
+        if allowed {
+            Ok(())
+        } else {
+            Err(Refusal::Policy(self.reason()))
+        }
+    }
+
+    /// Step 4 for CONNECT, before the tunnel opens: the protocol is not known yet, so
+    /// refuse (403) only if no protocol could be allowed; `check_tunnel` decides again on
+    /// the first bytes.
+    fn decide_connect(&mut self, host: &str, port: u16) -> Result<(), Refusal> {
+        let decision = Protocol::ALL
+            .iter()
+            .map(|&protocol| self.query(Some(host), port, protocol))
+            .find(|d| d.action == Action::Allow)
+            .unwrap_or_else(|| self.query(Some(host), port, Protocol::None));
+        let allowed = decision.action == Action::Allow;
+        self.keep(decision);
+        if allowed {
+            Ok(())
+        } else {
+            Err(Refusal::Policy(self.reason()))
+        }
+    }
+
+    /// CONNECT after 200: the SNI must name the CONNECT host, and the protocol must be
+    /// allowed too.
+    fn check_tunnel(
+        &mut self,
+        host: &str,
+        port: u16,
+        flight: &FirstFlight,
+        allow_sni_mismatch: bool,
+    ) -> Result<(), Refusal> {
+        if let FirstFlight::Hello(hello, _) = flight
+            && !allow_sni_mismatch
+        {
+            let same = match (&hello.sni, names::normalize(host)) {
+                (Some(sni), Ok(host)) => names::normalize(sni).is_ok_and(|sni| sni == host),
+                _ => false,
+            };
+            if !same {
+                return Err(Refusal::SniMismatch);
+            }
+        }
+        self.decide_or_refuse(Some(host), port)
+    }
+
+    fn keep(&mut self, decision: Decision) {
+        if decision.fqdn.is_some() {
+            self.record.fqdn.clone_from(&decision.fqdn);
+        }
+        self.decision = Some(decision);
+    }
+
+    fn reason(&self) -> String {
+        self.decision
+            .as_ref()
+            .map_or_else(String::new, |d| d.reason.to_string())
+    }
+
+    async fn resolve(&mut self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Refusal> {
+        self.cx
+            .live
+            .resolver
+            .resolve(host, port)
+            .await
+            .map_err(Refusal::Upstream)
+    }
+
+    /// Step 5: the new TCP connection to the server.
+    async fn connect(&mut self, addrs: &[SocketAddr]) -> Result<Endpoint, Refusal> {
+        let stream = upstream::connect(addrs, self.cx.live.limits.connect_timeout)
+            .await
+            .map_err(Refusal::Upstream)?;
+        if let Ok(addr) = stream.peer_addr() {
+            self.record.dst = Some(addr.to_string());
+        }
+        Ok(self.cx.datapath.adopt(stream, self.record.conn))
+    }
+
+    /// Steps 5 and 6: the first bytes exactly as received, then the server's answer.
+    async fn forward(
+        &mut self,
+        upstream: &mut Endpoint,
+        flight: FirstFlight,
+    ) -> Result<(), Refusal> {
+        let (bytes, hello) = match flight {
+            FirstFlight::Hello(hello, extra) => {
+                let mut bytes = hello.raw.clone();
+                bytes.extend_from_slice(&extra);
+                (bytes, Some(hello))
+            }
+            FirstFlight::Other(bytes) => (bytes, None),
+            FirstFlight::Silence => return Ok(()),
+        };
+        upstream
+            .write_all(&bytes)
+            .await
+            .map_err(|_| Refusal::UpstreamClosed)?;
+        match hello {
+            Some(hello) => self.server_hello(upstream, &hello).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Step 6: relays the server's reply until a ServerHello. After a HelloRetryRequest
+    /// the client's second ClientHello is checked and forwarded too.
+    async fn server_hello(
+        &mut self,
+        upstream: &mut Endpoint,
+        first: &ClientHello,
+    ) -> Result<(), Refusal> {
+        let max = self.cx.live.limits.max_client_hello;
+        let mut buf = vec![0; READ_CHUNK];
+        let mut retried = false;
+        loop {
+            let mut assembler = ServerHelloAssembler::new(max);
+            let answer = loop {
+                let n = upstream
+                    .read(&mut buf)
+                    .await
+                    .map_err(|_| Refusal::UpstreamClosed)?;
+                if n == 0 {
+                    return Err(Refusal::UpstreamClosed);
+                }
+                // Everything the server sent goes to the client unchanged.
+                self.client
+                    .write_all(&buf[..n])
+                    .await
+                    .map_err(|_| Refusal::ClientClosed)?;
+                match assembler.push(&buf[..n]) {
+                    ServerProgress::NeedMore => continue,
+                    answer => break answer,
+                }
+            };
+            match answer {
+                ServerProgress::ServerHello { version, .. } => {
+                    self.record.tls_version = Some(tls_version_name(version));
+                    return Ok(());
+                }
+                // The client learns why from the alert; nothing more to check.
+                ServerProgress::Alert { .. } => return Ok(()),
+                ServerProgress::HelloRetryRequest { .. } if !retried => {
+                    retried = true;
+                    let second = self.second_client_hello(first).await?;
+                    upstream
+                        .write_all(&second)
+                        .await
+                        .map_err(|_| Refusal::UpstreamClosed)?;
+                }
+                _ => return Err(Refusal::UpstreamNotTls),
+            }
+        }
+    }
+
+    /// The ClientHello after a HelloRetryRequest: it must name the same server.
+    async fn second_client_hello(&mut self, first: &ClientHello) -> Result<Vec<u8>, Refusal> {
+        let mut assembler =
+            ClientHelloAssembler::after_hello_retry(self.cx.live.limits.max_client_hello);
+        let mut buf = vec![0; READ_CHUNK];
+        loop {
+            let n = self
+                .client
+                .read(&mut buf)
+                .await
+                .map_err(|_| Refusal::ClientClosed)?;
+            if n == 0 {
+                return Err(Refusal::ClientClosed);
+            }
+            match assembler.push(&buf[..n]) {
+                Progress::NeedMore => {}
+                Progress::Complete { hello, consumed } => {
+                    let normal = |s: &Option<String>| s.as_deref().map(names::normalize);
+                    if normal(&hello.sni) != normal(&first.sni) {
+                        return Err(Refusal::HrrSniChanged);
+                    }
+                    let mut bytes = hello.raw;
+                    bytes.extend_from_slice(&buf[consumed..n]);
+                    return Ok(bytes);
+                }
+                Progress::Malformed(why) => return Err(Refusal::Malformed(why)),
+                Progress::TooLarge => return Err(Refusal::TooLarge),
+                Progress::NotTls(_) => {
+                    return Err(Refusal::Malformed(tls::Malformed::AfterEnd));
+                }
+            }
+        }
+    }
+}
