@@ -5,8 +5,10 @@
 //! state or traffic with each other or the host. They need root, and they panic with a
 //! message when something they need is missing: a skipped test is never a pass.
 
+pub mod agent;
 pub mod netns;
 pub mod peers;
+pub mod programs;
 pub mod relay;
 
 /// A fast, seeded pseudo-random byte stream (xorshift64*), so failures reproduce.
