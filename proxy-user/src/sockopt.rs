@@ -10,10 +10,12 @@ fn check(ret: libc::c_int) -> io::Result<()> {
     }
 }
 
-fn getsockopt<T: Default>(fd: &impl AsRawFd, level: i32, name: i32) -> io::Result<T> {
-    let mut value = T::default();
+/// Reads a socket option into a plain C type (an integer or a struct of them).
+fn getsockopt<T>(fd: &impl AsRawFd, level: i32, name: i32) -> io::Result<T> {
+    // SAFETY: callers only use plain C types, for which all-zero is valid.
+    let mut value: T = unsafe { mem::zeroed() };
     let mut len = mem::size_of::<T>() as libc::socklen_t;
-    // SAFETY: `value` is a valid, writable T and `len` is its size.
+    // SAFETY: `value` is writable for `len` bytes.
     check(unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
@@ -87,20 +89,7 @@ pub struct TcpInfo {
 
 /// Reads `TCP_INFO`.
 pub fn tcp_info(fd: &impl AsRawFd) -> io::Result<TcpInfo> {
-    // SAFETY: tcp_info is plain old data; all-zero is valid.
-    let info: libc::tcp_info = unsafe { mem::zeroed() };
-    let mut info = info;
-    let mut len = mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is writable for `len` bytes.
-    check(unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&raw mut info).cast(),
-            &mut len,
-        )
-    })?;
+    let info: libc::tcp_info = getsockopt(fd, libc::IPPROTO_TCP, libc::TCP_INFO)?;
     Ok(TcpInfo {
         state: info.tcpi_state,
         bytes_acked: info.tcpi_bytes_acked,
@@ -124,35 +113,18 @@ pub fn shutdown_write(fd: &impl AsRawFd) -> io::Result<()> {
 pub fn original_dst(fd: &impl AsRawFd, ipv6: bool) -> io::Result<std::net::SocketAddr> {
     const SO_ORIGINAL_DST: libc::c_int = 80;
     if ipv6 {
-        let addr: libc::sockaddr_in6 = getsockopt_raw(fd, libc::SOL_IPV6, SO_ORIGINAL_DST)?;
+        let addr: libc::sockaddr_in6 = getsockopt(fd, libc::SOL_IPV6, SO_ORIGINAL_DST)?;
         Ok(std::net::SocketAddr::new(
             std::net::Ipv6Addr::from(addr.sin6_addr.s6_addr).into(),
             u16::from_be(addr.sin6_port),
         ))
     } else {
-        let addr: libc::sockaddr_in = getsockopt_raw(fd, libc::SOL_IP, SO_ORIGINAL_DST)?;
+        let addr: libc::sockaddr_in = getsockopt(fd, libc::SOL_IP, SO_ORIGINAL_DST)?;
         Ok(std::net::SocketAddr::new(
             std::net::Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)).into(),
             u16::from_be(addr.sin_port),
         ))
     }
-}
-
-fn getsockopt_raw<T>(fd: &impl AsRawFd, level: i32, name: i32) -> io::Result<T> {
-    // SAFETY: T is a plain C struct for which all-zero is valid.
-    let mut value: T = unsafe { mem::zeroed() };
-    let mut len = mem::size_of::<T>() as libc::socklen_t;
-    // SAFETY: `value` is writable for `len` bytes.
-    check(unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            (&raw mut value).cast(),
-            &mut len,
-        )
-    })?;
-    Ok(value)
 }
 
 /// Lets a listener accept TPROXY-ed connections for addresses that are not local.
