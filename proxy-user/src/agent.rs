@@ -72,6 +72,11 @@ fn mode(datapath: config::Datapath) -> Mode {
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+    // Handlers first: until they exist, SIGHUP and SIGTERM kill the process outright, and
+    // a supervisor may signal as soon as the listeners accept (or while the BPF loads).
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     let config = Config::load(&path)?;
     let live = live(&config)?;
     let mode = mode(config.datapath);
@@ -109,9 +114,6 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         config.policy.rules.len(),
         mode
     );
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let grace = loop {
         tokio::select! {
             _ = hup.recv() => reload(&agent, &path).await,

@@ -122,6 +122,10 @@ struct Session<'a> {
     decision: Option<Decision>,
     /// CONNECT only: the 200 has been sent, so refusals can no longer be HTTP.
     tunnel_open: bool,
+    /// CONNECT only: the request head's length. It was read from the client but never
+    /// sent upstream, so a relayed connection's `bytes_up` leaves it out (as `bytes_down`
+    /// leaves out our 200).
+    request_head: u64,
 }
 
 const READ_CHUNK: usize = 16 * 1024;
@@ -180,6 +184,7 @@ pub async fn run(cx: Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
         record,
         decision: None,
         tunnel_open: false,
+        request_head: 0,
     };
     let mut phase = cx.phase.clone();
     let handshake = tokio::time::timeout(cx.live.limits.handshake_timeout, session.handshake());
@@ -192,6 +197,7 @@ pub async fn run(cx: Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
         mut record,
         decision,
         tunnel_open,
+        request_head,
         ..
     } = session;
     record.rule = decision.as_ref().and_then(|d| d.rule.clone());
@@ -204,7 +210,7 @@ pub async fn run(cx: Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
             let outcome = cx.datapath.splice(client, upstream, stop).await;
             events::close(&events::Close {
                 conn,
-                bytes_up: outcome.bytes_up,
+                bytes_up: outcome.bytes_up.saturating_sub(request_head),
                 bytes_down: outcome.bytes_down,
                 duration_ms: started.elapsed().as_millis() as u64,
                 datapath: Some(outcome.path),
@@ -376,6 +382,7 @@ impl Session<'_> {
                             "data before 200",
                         )));
                     }
+                    self.request_head = head_len as u64;
                     self.record.dst = Some(format!("{host}:{port}"));
                     self.record.fqdn_source = FqdnSource::Connect;
                     self.record.fqdn = Some(host.clone());
