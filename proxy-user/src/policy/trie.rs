@@ -73,6 +73,9 @@ struct Node {
     label_start: u32,
     /// The label's length (at most 63).
     label_len: u8,
+    /// Whether any name below this one is in the trie. Most nodes are leaves, and a lookup
+    /// that stops at one saves probing a random slot for a child that cannot exist.
+    has_children: bool,
 }
 
 /// The trie; see the module docs.
@@ -132,14 +135,11 @@ impl NameTrie {
             if n.parent != parent || self.label(n) != label {
                 return;
             }
-            self.visit_rules(
-                if labels.peek().is_some() {
-                    n.below
-                } else {
-                    n.exact
-                },
-                &mut visit,
-            );
+            let deeper = labels.peek().is_some();
+            self.visit_rules(if deeper { n.below } else { n.exact }, &mut visit);
+            if !n.has_children {
+                return;
+            }
             parent = hash;
         }
     }
@@ -192,6 +192,9 @@ impl NameTrie {
             ..Node::default()
         };
         self.nodes.insert(node);
+        if let Some(p) = self.nodes.find_mut(parent) {
+            p.has_children = true;
+        }
         Ok(hash)
     }
 
