@@ -281,3 +281,25 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn short_and_long_rule_names_come_back_whole() {
+    let long = "a-rather-long-rule-name-stored-apart";
+    let p = policy(vec![
+        rule("elevenchars", "allow", &["a.test"]),
+        rule(long, "allow", &["b.test"]),
+        rule("twelve-chars", "deny", &["c.test"]),
+        RuleConfig {
+            action: Some("allow".into()),
+            fqdn: Some(vec!["d.test".into()]),
+            ..RuleConfig::default()
+        },
+        rule("ünïcödé-näme", "allow", &["e.test"]),
+    ]);
+    let name = |fqdn| p.decide(&tls(fqdn)).rule;
+    assert_eq!(name("a.test").as_deref(), Some("elevenchars"));
+    assert_eq!(name("b.test").as_deref(), Some(long));
+    assert_eq!(name("c.test").as_deref(), Some("twelve-chars"));
+    assert_eq!(name("d.test").as_deref(), Some("#4"));
+    assert_eq!(name("e.test").as_deref(), Some("ünïcödé-näme"));
+}
