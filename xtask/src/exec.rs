@@ -6,7 +6,9 @@ use anyhow::{Context as _, bail};
 
 /// Runs `cmd` with inherited stdio and fails with its full command line unless it exits 0.
 pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("failed to start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed: {status}");
     }
@@ -15,7 +17,9 @@ pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
 
 /// Runs `cmd` and returns its stdout; fails with the command line and stderr otherwise.
 pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
-    let out = cmd.output().with_context(|| format!("failed to start {cmd:?}"))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
     if !out.status.success() {
         bail!(
             "{cmd:?} failed: {}\n{}",

@@ -57,7 +57,8 @@ fn bpf_linker() -> anyhow::Result<()> {
     if works {
         return Ok(());
     }
-    let sysroot = output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?;
+    let sysroot =
+        output(Command::new("rustup").args(["run", NIGHTLY, "rustc", "--print", "sysroot"]))?;
     let libdir = PathBuf::from(sysroot.trim()).join("lib");
     let libllvm = std::fs::read_dir(&libdir)
         .with_context(|| format!("reading {}", libdir.display()))?
@@ -102,7 +103,11 @@ fn apt_packages() -> anyhow::Result<()> {
         return Ok(());
     }
     eprintln!("xtask setup: installing {}", missing.join(" "));
-    exec(Command::new("apt-get").arg("update").env("DEBIAN_FRONTEND", "noninteractive"))?;
+    exec(
+        Command::new("apt-get")
+            .arg("update")
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
     exec(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])
