@@ -355,7 +355,7 @@ impl Agent {
             .stderr
             .wait_until(WAIT, |t| t.contains("sockgate running"));
         if !ready {
-            let status = self.proc.wait_exit(Duration::ZERO);
+            let status = self.proc.wait_exit(Duration::from_secs(1));
             panic!(
                 "sockgate did not start (exit status {status:?}):\n{}",
                 self.proc.stderr.text()
@@ -421,6 +421,11 @@ impl Agent {
     /// The human log so far.
     pub fn stderr(&self) -> String {
         self.proc.stderr.text()
+    }
+
+    /// Waits until the human log contains `needle`.
+    pub fn wait_stderr(&self, needle: &str) -> bool {
+        self.proc.stderr.wait_for(needle, WAIT)
     }
 
     /// The raw stdout so far.

@@ -102,6 +102,15 @@ fn curl_through_connect_allowed_and_denied() {
     // The page alone is more than a kilobyte.
     assert!(c["bytes_down"].as_u64().unwrap() > page.len() as u64, "{c}");
 
+    // The kernel's aya-log line for this connection reaches the human log, tagged.
+    let conn_id = conn.decision["conn"].as_u64().unwrap();
+    let tag = format!("conn {conn_id}: first skb spliced");
+    assert!(
+        agent.wait_stderr(&tag),
+        "no kernel log line `{tag}`:\n{}",
+        agent.stderr()
+    );
+
     let (code, _, err) = curl(&[
         "-x",
         &format!("http://{PROXY}"),
@@ -284,4 +293,42 @@ fn server_speaks_first_behind_connect() {
     assert_eq!(c["bytes_down"].as_u64().unwrap(), 23 + 13, "{c}");
     // The client waited out client_first_timeout before the banner was allowed through.
     assert!(c["duration_ms"].as_u64().unwrap() >= 300, "{c}");
+}
+
+/// An upstream that never answers the SYN: CONNECT gets 504 after `connect_timeout`.
+#[test]
+fn connect_timeout_is_504() {
+    let _ns = NetNs::enter_new();
+    let dir = TempDir::new("connect-timeout");
+    // Drop every SYN to port 9 on this namespace's loopback.
+    let rules = dir.join("drop.nft");
+    std::fs::write(
+        &rules,
+        "table ip blackhole {\n  chain output {\n    type filter hook output priority 0;\n    \
+         tcp dport 9 drop\n  }\n}\n",
+    )
+    .unwrap();
+    let (status, _, err) = run(
+        "nft",
+        Command::new(require("nft")).arg("-f").arg(&rules),
+        WAIT,
+    );
+    assert!(status.success(), "nft: {err}");
+    let agent = Agent::start(&config().replace(
+        "client_first_timeout = \"300ms\"",
+        "client_first_timeout = \"300ms\"\nconnect_timeout = \"500ms\"",
+    ));
+    let (_, status) = connect_tunnel(proxy(), "allowed.test:9");
+    assert!(
+        status.starts_with("HTTP/1.1 504"),
+        "CONNECT answered {status:?}"
+    );
+    let conn = agent.conn_for("allowed.test", 0);
+    assert_eq!(conn.decision["action"], "deny", "{}", conn.decision);
+    assert_eq!(
+        conn.decision["reason"], "connect_timeout",
+        "{}",
+        conn.decision
+    );
+    assert_eq!(conn.close["datapath"], serde_json::Value::Null);
 }

@@ -3,9 +3,14 @@
 //! denied one is reset, or gets a TLS alert with `deny_with = "alert"`. Each test runs in
 //! its own network namespace.
 
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::TcpStream,
+};
+
 use serde_json::Value;
 use sockgate_tests::{
-    agent::{Agent, TempDir, assert_close_shape, assert_decision_shape},
+    agent::{Agent, TempDir, WAIT, assert_close_shape, assert_decision_shape},
     netns::NetNs,
     programs::{Pki, SClient, Serve, s_client_once, s_server},
 };
@@ -149,4 +154,28 @@ fn sni_denied_with_alert() {
     assert_eq!(conn.decision["action"], "deny", "{}", conn.decision);
     assert_eq!(conn.decision["protocol"], "tls", "{}", conn.decision);
     assert_eq!(conn.decision["fqdn_source"], "none", "{}", conn.decision);
+}
+
+/// A client that stalls half-way through its ClientHello is reset after
+/// `handshake_timeout`, and the log says `timeout`.
+#[test]
+fn stalled_client_hello_times_out() {
+    let _ns = NetNs::enter_new();
+    let agent = Agent::start(&config("reset").replace(
+        "[resolver]",
+        "[limits]\nclient_first_timeout = \"200ms\"\nhandshake_timeout = \"500ms\"\n\n[resolver]",
+    ));
+    let mut stream = TcpStream::connect(SNI).unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    // A handshake record header announcing 512 bytes, and only 4 of them.
+    stream.write_all(&[22, 3, 1, 2, 0, 1, 0, 1, 252]).unwrap();
+    let mut buf = [0u8; 16];
+    match stream.read(&mut buf) {
+        Ok(n) => panic!("read {n} bytes instead of a reset"),
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+    }
+    let conn = agent.wait_conn("the stalled hello", |d| d["conn"] == 1);
+    assert_eq!(conn.decision["action"], "deny", "{}", conn.decision);
+    assert_eq!(conn.decision["reason"], "timeout", "{}", conn.decision);
+    assert_eq!(conn.close["end"], "timeout", "{}", conn.close);
 }
