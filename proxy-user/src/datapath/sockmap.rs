@@ -42,6 +42,21 @@ pub(super) async fn run(
 
 /// One direction, `src` to `dst`. `read` counts what userspace read from `src`.
 async fn direction(kernel: &Kernel, src: &Endpoint, dst: &Endpoint, read: &AtomicU64) -> End {
+    let end = direction_inner(kernel, src, dst, read).await;
+    let c = kernel.counters(src.cookie());
+    log::debug!(
+        "conn {}: sock {} -> {} ended {end:?}: read {} passed {} redirected {}",
+        src.conn(),
+        src.cookie(),
+        dst.cookie(),
+        read.load(Relaxed),
+        c.passed,
+        c.redirected
+    );
+    end
+}
+
+async fn direction_inner(kernel: &Kernel, src: &Endpoint, dst: &Endpoint, read: &AtomicU64) -> End {
     let mut written = dst.bytes_written();
     let mut go = None;
     let mut eof_since = None;
