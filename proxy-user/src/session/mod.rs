@@ -223,9 +223,9 @@ pub async fn run(cx: Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
             events::decision(&record);
             let signal = signal_for(&refusal, &cx, &record, tunnel_open);
             let bytes_up = client.bytes_read();
-            let bytes_down = client.bytes_written();
             log::debug!("conn {conn}: refused ({refusal}) with {signal:?}");
-            refuse(client, signal, &record.reason).await;
+            // The refusal itself (a 403, an alert) counts as bytes sent to the client.
+            let bytes_down = refuse(client, signal, &record.reason).await;
             events::close(&events::Close {
                 conn,
                 bytes_up,

@@ -19,8 +19,8 @@ pub enum Signal {
     Http(u16, &'static str),
 }
 
-/// Sends `signal` and closes the client socket.
-pub async fn refuse(mut client: Endpoint, signal: Signal, reason: &str) {
+/// Sends `signal` and closes the client socket; returns the bytes written to it in all.
+pub async fn refuse(mut client: Endpoint, signal: Signal, reason: &str) -> u64 {
     match signal {
         Signal::Reset => {}
         Signal::Alert(description) => {
@@ -42,5 +42,5 @@ pub async fn refuse(mut client: Endpoint, signal: Signal, reason: &str) {
     } else {
         let _ = client.stream_mut().shutdown().await;
     }
-    drop(client);
+    client.bytes_written()
 }
