@@ -44,6 +44,27 @@ pub struct Decision {
     pub reason: String,
 }
 
+impl Decision {
+    /// A connection's record before anything is known about it: a deny without a reason.
+    pub fn new(conn: u64, listener: &str, client: SocketAddr) -> Self {
+        Self {
+            conn,
+            listener: listener.to_owned(),
+            client,
+            dst: None,
+            fqdn: None,
+            fqdn_source: FqdnSource::None,
+            protocol: Protocol::None,
+            alpn: Vec::new(),
+            tls_version: None,
+            ech: false,
+            action: Action::Deny,
+            rule: None,
+            reason: String::new(),
+        }
+    }
+}
+
 /// The `close` line.
 #[derive(Debug, Serialize)]
 pub struct Close {

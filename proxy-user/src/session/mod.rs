@@ -1,17 +1,20 @@
 //! One client connection, from accept to close, in the order of the flow:
 //!
 //! 1. the TCP handshake ended at a listener ([`run`] adopts the socket);
-//! 2. learn where it is going: the original destination, the CONNECT request, or later the
-//!    SNI ([`Session::target`]);
+//! 2. learn where it is going: the original destination
+//!    (`Session::original_destination`), the CONNECT request (`Session::connect_request`),
+//!    or later the SNI;
 //! 3. read the client's first bytes: a whole ClientHello, other bytes, or silence
-//!    ([`Session::first_flight`]);
-//! 4. decide with the policy ([`Session::decide`]);
-//! 5. connect to the server and forward the first bytes exactly ([`Session::connect`]);
+//!    (`Session::first_flight`);
+//! 4. decide with the policy (`Session::decide_or_refuse`, `Session::decide_connect`);
+//! 5. connect to the server (`Session::connect`) and forward the first bytes exactly
+//!    (`Session::forward`);
 //! 6. relay the server's ServerHello, and a second ClientHello after a HelloRetryRequest
-//!    ([`Session::server_hello`]);
+//!    (`Session::server_hello`);
 //! 7. hand both sockets to the datapath until they close ([`run`]).
 //!
-//! Every connection logs one `decision` line and one `close` line.
+//! `Session::handshake` runs steps 2-6 for each listener mode. Every connection logs one
+//! `decision` line and one `close` line.
 
 mod refuse;
 
@@ -42,15 +45,20 @@ use crate::{
 /// The config a connection runs under: a snapshot, so a reload never changes a connection
 /// half-way.
 pub struct Live {
+    /// The compiled `[policy]`.
     pub policy: Policy,
+    /// `[limits]`: timeouts and caps.
     pub limits: Limits,
+    /// `[resolver]`: hosts overrides, then the system resolver.
     pub resolver: Resolver,
 }
 
 /// One listener's identity and mode.
 #[derive(Debug)]
 pub struct ListenerInfo {
+    /// The listener's unique name, logged in every decision line.
     pub name: String,
+    /// Its mode and mode-specific settings.
     pub kind: ListenerKind,
 }
 
@@ -66,9 +74,13 @@ pub enum Phase {
 
 /// Everything a session needs from the agent.
 pub struct Context {
+    /// Adopts sockets and splices pairs.
     pub datapath: Arc<Datapath>,
+    /// The config snapshot taken at accept.
     pub live: Arc<Live>,
+    /// The listener that accepted the connection.
     pub listener: Arc<ListenerInfo>,
+    /// Tells handshakes to stop and relayed connections to drain.
     pub phase: watch::Receiver<Phase>,
 }
 
@@ -108,15 +120,20 @@ enum Refusal {
 
 /// The client's first bytes.
 enum FirstFlight {
+    /// A whole ClientHello, and the bytes that came after it in the same read.
     Hello(ClientHello, Vec<u8>),
+    /// Bytes that are not TLS, forwarded as they are.
     Other(Vec<u8>),
+    /// Nothing within `client_first_timeout`: the server speaks first.
     Silence,
 }
 
 /// The state of one connection through the handshake.
 struct Session<'a> {
     cx: &'a Context,
+    /// The client socket, adopted by the datapath at accept.
     client: Endpoint,
+    /// The decision line, filled in as the handshake learns things.
     record: events::Decision,
     /// The policy's answer, once asked.
     decision: Option<Decision>,
@@ -133,19 +150,8 @@ const READ_CHUNK: usize = 16 * 1024;
 /// Refuses a connection over `max_connections` at once, with its two log lines.
 pub async fn refuse_over_limit(cx: &Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
     events::decision(&events::Decision {
-        conn,
-        listener: cx.listener.name.clone(),
-        client: peer,
-        dst: None,
-        fqdn: None,
-        fqdn_source: FqdnSource::None,
-        protocol: Protocol::None,
-        alpn: Vec::new(),
-        tls_version: None,
-        ech: false,
-        action: Action::Deny,
-        rule: None,
         reason: "max_connections".into(),
+        ..events::Decision::new(conn, &cx.listener.name, peer)
     });
     let _ = sockopt::set_linger_zero(&stream);
     drop(stream);
@@ -163,21 +169,7 @@ pub async fn refuse_over_limit(cx: &Context, stream: TcpStream, peer: SocketAddr
 pub async fn run(cx: Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
     let started = Instant::now();
     let client = cx.datapath.adopt(stream, conn);
-    let record = events::Decision {
-        conn,
-        listener: cx.listener.name.clone(),
-        client: peer,
-        dst: None,
-        fqdn: None,
-        fqdn_source: FqdnSource::None,
-        protocol: Protocol::None,
-        alpn: Vec::new(),
-        tls_version: None,
-        ech: false,
-        action: Action::Deny,
-        rule: None,
-        reason: String::new(),
-    };
+    let record = events::Decision::new(conn, &cx.listener.name, peer);
     let mut session = Session {
         cx: &cx,
         client,
