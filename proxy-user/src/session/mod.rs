@@ -331,6 +331,14 @@ impl Session<'_> {
         }
     }
 
+    /// Reads from the client; its EOF or an error ends the handshake.
+    async fn read_client(&mut self, buf: &mut [u8]) -> Result<usize, Refusal> {
+        match self.client.read(buf).await {
+            Ok(0) | Err(_) => Err(Refusal::ClientClosed),
+            Ok(n) => Ok(n),
+        }
+    }
+
     /// Step 2, transparent: where the client was going.
     fn original_destination(&mut self, tproxy: bool) -> Result<SocketAddr, Refusal> {
         let stream = self.client.stream();
@@ -350,14 +358,7 @@ impl Session<'_> {
         let mut head = Vec::new();
         let mut buf = [0; 1024];
         loop {
-            let n = self
-                .client
-                .read(&mut buf)
-                .await
-                .map_err(|_| Refusal::ClientClosed)?;
-            if n == 0 {
-                return Err(Refusal::ClientClosed);
-            }
+            let n = self.read_client(&mut buf).await?;
             head.extend_from_slice(&buf[..n]);
             match connect::parse(&head) {
                 Request::NeedMore => {}
@@ -417,14 +418,7 @@ impl Session<'_> {
                     return Err(Refusal::TooLarge);
                 }
             }
-            n = self
-                .client
-                .read(&mut buf)
-                .await
-                .map_err(|_| Refusal::ClientClosed)?;
-            if n == 0 {
-                return Err(Refusal::ClientClosed);
-            }
+            n = self.read_client(&mut buf).await?;
         }
     }
 
@@ -627,14 +621,7 @@ impl Session<'_> {
             ClientHelloAssembler::after_hello_retry(self.cx.live.limits.max_client_hello);
         let mut buf = vec![0; READ_CHUNK];
         loop {
-            let n = self
-                .client
-                .read(&mut buf)
-                .await
-                .map_err(|_| Refusal::ClientClosed)?;
-            if n == 0 {
-                return Err(Refusal::ClientClosed);
-            }
+            let n = self.read_client(&mut buf).await?;
             match assembler.push(&buf[..n]) {
                 Progress::NeedMore => {}
                 Progress::Complete { hello, consumed } => {
