@@ -22,6 +22,10 @@ use super::{
 };
 use crate::{ebpf::Kernel, sockopt};
 
+/// How long redirected bytes may be missing from an empty send queue before the
+/// connection is declared broken.
+const LOST_BYTES_GRACE: Duration = Duration::from_secs(2);
+
 /// Allocated only when bytes reach userspace after the handoff, which is rare.
 const BUFFER: usize = 64 << 10;
 
@@ -126,12 +130,30 @@ async fn drained(
     written: u64,
 ) -> Result<(), End> {
     let mut delay = Duration::from_micros(50);
+    let mut idle_since = None;
     loop {
         let target = written + kernel.counters(src.cookie()).redirected;
         let info = sockopt::tcp_info(dst).map_err(|e| End::from_io(&e))?;
         let queued = sockopt::send_queue(dst).map_err(|e| End::from_io(&e))?;
         if info.bytes_acked + queued >= target {
             return Ok(());
+        }
+        // An empty send queue that stays short of the target means the kernel dropped
+        // redirected bytes on the way (seen once under load, with sk_drops on the socket):
+        // the stream is broken, and waiting would hang the connection forever.
+        if queued == 0 {
+            let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+            if since.elapsed() > LOST_BYTES_GRACE {
+                log::error!(
+                    "conn {}: sock {}: {} redirected bytes never reached the peer; resetting",
+                    src.conn(),
+                    src.cookie(),
+                    target - info.bytes_acked
+                );
+                return Err(End::Error);
+            }
+        } else {
+            idle_since = None;
         }
         if info.state != sockopt::TCP_ESTABLISHED && info.state != sockopt::TCP_CLOSE_WAIT {
             // The destination was reset or closed under us: the bytes cannot arrive.
