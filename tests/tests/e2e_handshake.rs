@@ -8,8 +8,10 @@
 //! byte (the Finished messages cover the transcript); the taps also compare the bytes.
 
 use std::{
-    io::{ErrorKind, Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::{self, ErrorKind, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::mpsc,
+    thread,
 };
 
 use sockgate_tests::{
@@ -197,25 +199,12 @@ fn read_handshake(stream: &mut TcpStream) -> Vec<u8> {
     got
 }
 
-/// After a HelloRetryRequest, a second ClientHello that names another server is reset.
-/// The two hellos are a real s_client's, captured through a tap; the second one's SNI is
-/// patched to a name of the same length.
-#[test]
-fn hello_retry_request_with_changed_sni_is_reset() {
-    let _ns = NetNs::enter_new();
-    let dir = TempDir::new("hrr-sni");
-    let pki = Pki::new(&dir, &["allowed.test"]);
-    let _server = s_server(&pki, 4433, Serve::Rev, &["-groups", "P-256"]);
-    let agent = Agent::start(&config(4433));
-    let proxy: SocketAddr = SNI.parse().unwrap();
-
-    // Capture both hellos of a real HelloRetryRequest handshake.
+/// Captures both ClientHellos of a real HelloRetryRequest handshake through `proxy` (a
+/// tap records them) and returns the first one and the second one (after the
+/// ChangeCipherSpec record) with its SNI patched to a name of the same length.
+fn hellos_with_changed_retry(proxy: SocketAddr, cafile: &str) -> (Vec<u8>, Vec<u8>) {
     let tap = Tap::start(proxy, Pace::Whole);
-    talk(
-        tap.addr,
-        pki.cert.to_str().unwrap(),
-        &["-groups", "X25519:P-256"],
-    );
+    talk(tap.addr, cafile, &["-groups", "X25519:P-256"]);
     let sent = tap.up(0);
     let first = first_handshake_len(&sent).unwrap();
     // TLS 1.3 middlebox compatibility: a ChangeCipherSpec record before the second hello.
@@ -232,16 +221,21 @@ fn hello_retry_request_with_changed_sni_is_reset() {
         .position(|w| w == b"allowed.test")
         .expect("the SNI in the second ClientHello");
     retry[at..at + 12].copy_from_slice(b"another.test");
+    (sent[..first].to_vec(), retry)
+}
 
+/// Sends `hello`, waits for the HelloRetryRequest, sends `retry`, and checks that the
+/// client is reset.
+fn retry_is_reset(proxy: SocketAddr, hello: &[u8], retry: &[u8]) {
     let mut stream = TcpStream::connect(proxy).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    stream.write_all(&sent[..first]).unwrap();
+    stream.write_all(hello).unwrap();
     let answer = read_handshake(&mut stream);
     assert_eq!(
         answer[5], 2,
         "not a ServerHello/HelloRetryRequest: {answer:?}"
     );
-    stream.write_all(&retry).unwrap();
+    stream.write_all(retry).unwrap();
     let mut rest = Vec::new();
     let err = loop {
         let mut buf = [0u8; 4096];
@@ -253,6 +247,22 @@ fn hello_retry_request_with_changed_sni_is_reset() {
         }
     };
     assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+}
+
+/// After a HelloRetryRequest, a second ClientHello that names another server is reset.
+/// The two hellos are a real s_client's, captured through a tap; the second one's SNI is
+/// patched to a name of the same length.
+#[test]
+fn hello_retry_request_with_changed_sni_is_reset() {
+    let _ns = NetNs::enter_new();
+    let dir = TempDir::new("hrr-sni");
+    let pki = Pki::new(&dir, &["allowed.test"]);
+    let _server = s_server(&pki, 4433, Serve::Rev, &["-groups", "P-256"]);
+    let agent = Agent::start(&config(4433));
+    let proxy: SocketAddr = SNI.parse().unwrap();
+
+    let (hello, retry) = hellos_with_changed_retry(proxy, pki.cert.to_str().unwrap());
+    retry_is_reset(proxy, &hello, &retry);
 
     let conn = agent.wait_conn("the changed-SNI retry", |d| d["conn"] == 2);
     let d = &conn.decision;
@@ -260,4 +270,104 @@ fn hello_retry_request_with_changed_sni_is_reset() {
     assert_eq!(d["reason"], "hrr_sni_changed", "{d}");
     assert_eq!(d["fqdn"], "allowed.test", "{d}");
     assert_eq!(conn.close["end"], "rst", "{}", conn.close);
+}
+
+/// How a [`Watcher`] connection's client-to-server direction ended.
+#[derive(Debug)]
+enum UpEnd {
+    Eof,
+    Error(ErrorKind),
+}
+
+/// A forwarder in front of the real server that reports how each connection from
+/// sockgate ended: a clean EOF or an error such as a reset.
+struct Watcher {
+    addr: SocketAddr,
+    ends: mpsc::Receiver<(usize, UpEnd)>,
+}
+
+impl Watcher {
+    fn start(target: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("binding the watcher");
+        let addr = listener.local_addr().unwrap();
+        let (tx, ends) = mpsc::channel();
+        thread::spawn(move || {
+            for (index, from_sockgate) in listener.incoming().enumerate() {
+                let Ok(mut from_sockgate) = from_sockgate else {
+                    return;
+                };
+                let tx = tx.clone();
+                thread::spawn(move || {
+                    let mut server = TcpStream::connect(target).expect("connecting to s_server");
+                    let mut down_from = server.try_clone().unwrap();
+                    let mut down_to = from_sockgate.try_clone().unwrap();
+                    thread::spawn(move || {
+                        let _ = io::copy(&mut down_from, &mut down_to);
+                        let _ = down_to.shutdown(Shutdown::Write);
+                    });
+                    let mut buf = [0u8; 16 * 1024];
+                    let end = loop {
+                        match from_sockgate.read(&mut buf) {
+                            Ok(0) => break UpEnd::Eof,
+                            Ok(n) => {
+                                let _ = server.write_all(&buf[..n]);
+                            }
+                            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                            Err(e) => break UpEnd::Error(e.kind()),
+                        }
+                    };
+                    let _ = server.shutdown(Shutdown::Write);
+                    let _ = tx.send((index, end));
+                });
+            }
+        });
+        Self { addr, ends }
+    }
+
+    /// How the `index`th connection ended; fails the test after [`WAIT`].
+    fn end_of(&self, index: usize) -> UpEnd {
+        loop {
+            let (i, end) = self
+                .ends
+                .recv_timeout(WAIT)
+                .unwrap_or_else(|e| panic!("connection {index} to the server never ended: {e}"));
+            if i == index {
+                return end;
+            }
+        }
+    }
+}
+
+/// After `hrr_sni_changed` the server side is reset too: the upstream connection sockgate
+/// opened ends with ECONNRESET, not a clean EOF that could pass for a finished client.
+#[test]
+fn hello_retry_request_with_changed_sni_resets_the_server_side() {
+    let _ns = NetNs::enter_new();
+    let dir = TempDir::new("hrr-sni-up");
+    let pki = Pki::new(&dir, &["allowed.test"]);
+    let _server = s_server(&pki, 4433, Serve::Rev, &["-groups", "P-256"]);
+    // client -> sockgate -> watcher -> s_server
+    let watcher = Watcher::start("127.0.0.1:4433".parse().unwrap());
+    let agent = Agent::start(&config(watcher.addr.port()));
+    let proxy: SocketAddr = SNI.parse().unwrap();
+
+    let (hello, retry) = hellos_with_changed_retry(proxy, pki.cert.to_str().unwrap());
+    let first = watcher.end_of(0);
+    assert!(
+        matches!(first, UpEnd::Eof),
+        "the completed handshake ended with {first:?}"
+    );
+    retry_is_reset(proxy, &hello, &retry);
+    let conn = agent.wait_conn("the changed-SNI retry", |d| d["conn"] == 2);
+    assert_eq!(
+        conn.decision["reason"], "hrr_sni_changed",
+        "{}",
+        conn.decision
+    );
+
+    let end = watcher.end_of(1);
+    assert!(
+        matches!(end, UpEnd::Error(ErrorKind::ConnectionReset)),
+        "the server side of the refused connection ended with {end:?}, not a reset"
+    );
 }

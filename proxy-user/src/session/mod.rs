@@ -540,7 +540,8 @@ impl Session<'_> {
         Ok(self.cx.datapath.adopt(stream, self.record.conn))
     }
 
-    /// Steps 5 and 6: the first bytes exactly as received, then the server's answer.
+    /// Steps 5 and 6: the first bytes exactly as received, then the server's answer. A
+    /// refusal while the server is answering resets the server side as well.
     async fn forward(
         &mut self,
         upstream: &mut Endpoint,
@@ -559,10 +560,16 @@ impl Session<'_> {
             .write_all(&bytes)
             .await
             .map_err(|_| Refusal::UpstreamClosed)?;
-        match hello {
-            Some(hello) => self.server_hello(upstream, &hello).await,
-            None => Ok(()),
+        let Some(hello) = hello else {
+            return Ok(());
+        };
+        let answered = self.server_hello(upstream, &hello).await;
+        if answered.is_err() {
+            // The server saw a ClientHello from us: a FIN would read as a client that gave
+            // up, so refuse it the way the client is refused (a reset).
+            let _ = sockopt::set_linger_zero(upstream.stream());
         }
+        answered
     }
 
     /// Step 6: relays the server's reply until a ServerHello. After a HelloRetryRequest
