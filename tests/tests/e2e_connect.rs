@@ -4,16 +4,17 @@
 //! own network namespace.
 
 use std::{
-    io::{Read, Write},
-    net::{Shutdown, SocketAddr, TcpListener},
+    io::{ErrorKind, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     process::Command,
+    time::{Duration, Instant},
 };
 
 use sockgate_tests::{
     agent::{Agent, TempDir, WAIT, assert_close_shape, assert_decision_shape, run},
     netns::NetNs,
     programs::{
-        Pki, Serve, Sshd, banner_server, connect_tunnel, curl, raw_exchange, require,
+        Pki, SClient, Serve, Sshd, banner_server, connect_tunnel, curl, raw_exchange, require,
         s_client_once, s_server,
     },
 };
@@ -331,4 +332,148 @@ fn connect_timeout_is_504() {
         conn.decision
     );
     assert_eq!(conn.close["datapath"], serde_json::Value::Null);
+}
+
+/// With `allow_sni_mismatch = true` the ClientHello may name another server than the
+/// CONNECT host: the policy decides on the CONNECT host, and the handshake completes.
+#[test]
+fn sni_mismatch_allowed_when_configured() {
+    let _ns = NetNs::enter_new();
+    let dir = TempDir::new("mismatch-ok");
+    let pki = Pki::new(&dir, &["allowed.test", "denied.test"]);
+    let _server = s_server(&pki, 4433, Serve::Rev, &[]);
+    let listener = format!("address = \"{PROXY}\"\n");
+    let agent = Agent::start(
+        &config().replace(&listener, &format!("{listener}allow_sni_mismatch = true\n")),
+    );
+    let mut client = SClient::start(
+        "allowed.test:4433",
+        &[
+            "-proxy",
+            PROXY,
+            "-servername",
+            "denied.test",
+            "-CAfile",
+            pki.cert.to_str().unwrap(),
+            "-verify_return_error",
+        ],
+    );
+    client.send_line("mismatch allowed");
+    client.expect_stdout("dewolla hctamsim");
+    let (ok, out, err) = client.finish();
+    assert!(ok, "s_client with a mismatched SNI failed:\n{out}\n{err}");
+
+    let conn = agent.conn_for("allowed.test", 0);
+    let d = &conn.decision;
+    assert_decision_shape(d);
+    assert_eq!(d["action"], "allow", "{d}");
+    assert_eq!(d["reason"], "rule", "{d}");
+    assert_eq!(d["fqdn_source"], "connect", "{d}");
+    assert_eq!(d["protocol"], "tls", "{d}");
+    let c = &conn.close;
+    assert_close_shape(c);
+    assert_eq!(c["datapath"], "sockmap", "{c}");
+    assert_eq!(c["end"], "fin", "{c}");
+    assert!(
+        agent.decisions().iter().all(|d| d["fqdn"] != "denied.test"),
+        "the SNI replaced the CONNECT host: {:?}",
+        agent.decisions()
+    );
+}
+
+/// Opens a CONNECT tunnel to the banner server and reads the banner through it, so the
+/// tunnel is relayed (and counted) before this returns.
+fn banner_tunnel() -> TcpStream {
+    let (mut stream, status) = connect_tunnel(proxy(), "allowed.test:2525");
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "CONNECT answered {status:?}"
+    );
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut banner = [0u8; 23];
+    stream.read_exact(&mut banner).expect("the banner");
+    assert_eq!(&banner, b"220 banner.test ready\r\n");
+    stream
+}
+
+/// `max_connections = 2`: with two tunnels open, a third connection is reset at accept
+/// with its own decision and close lines; once a tunnel closes, connections work again.
+#[test]
+fn max_connections_resets_the_one_too_many() {
+    let _ns = NetNs::enter_new();
+    let listener = TcpListener::bind("127.0.0.1:2525").unwrap();
+    banner_server(listener, b"220 banner.test ready\r\n");
+    let agent = Agent::start(&config().replace("[limits]\n", "[limits]\nmax_connections = 2\n"));
+
+    let mut first = banner_tunnel();
+    let _second = banner_tunnel();
+
+    let mut third = TcpStream::connect(proxy()).expect("the kernel accepts the third");
+    third.set_read_timeout(Some(WAIT)).unwrap();
+    // The reset may already be there, so the write may fail; the read tells.
+    let _ = third.write_all(b"CONNECT allowed.test:2525 HTTP/1.1\r\nHost: allowed.test\r\n\r\n");
+    let mut answer = Vec::new();
+    match third.read_to_end(&mut answer) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+    }
+    assert!(
+        answer.is_empty(),
+        "the third connection got an answer: {answer:?}"
+    );
+    let refused = agent.wait_conn("the refused connection", |d| {
+        d["reason"] == "max_connections"
+    });
+    assert_decision_shape(&refused.decision);
+    assert_eq!(refused.decision["action"], "deny", "{}", refused.decision);
+    assert_eq!(refused.decision["conn"], 3, "{}", refused.decision);
+    assert_close_shape(&refused.close);
+    assert_eq!(refused.close["end"], "rst", "{}", refused.close);
+    assert_eq!(refused.close["datapath"], serde_json::Value::Null);
+
+    // Close the first tunnel and wait for its close line.
+    first.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    first.read_to_end(&mut rest).expect("EOF after our FIN");
+    drop(first);
+    let closed = agent.conn_for("allowed.test", 0);
+    assert_eq!(closed.close["end"], "fin", "{}", closed.close);
+
+    // The count drops just after the close line is written: allow a few tries.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut stream = TcpStream::connect(proxy()).expect("connecting to sockgate");
+        stream.set_read_timeout(Some(WAIT)).unwrap();
+        let _ =
+            stream.write_all(b"CONNECT allowed.test:2525 HTTP/1.1\r\nHost: allowed.test\r\n\r\n");
+        let head = try_read_head(&mut stream);
+        if head.starts_with("HTTP/1.1 200") {
+            let mut banner = [0u8; 23];
+            stream.read_exact(&mut banner).expect("the banner");
+            assert_eq!(&banner, b"220 banner.test ready\r\n");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no connection got through after a tunnel closed; last answer {head:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let again = agent.wait_event("an allowed connection after the close", |e| {
+        e["event"] == "decision" && e["action"] == "allow" && e["conn"].as_u64() > Some(3)
+    });
+    assert_eq!(again["fqdn"], "allowed.test", "{again}");
+}
+
+/// An HTTP response head, or what arrived before EOF or a reset.
+fn try_read_head(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&head).into_owned()
 }

@@ -7,12 +7,16 @@
 //! client 10.1.0.2 --veth-- 10.1.0.1 gateway 10.2.0.1 --veth-- 10.2.0.2, 10.2.0.3 server
 //! ```
 
-use std::process::Command;
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{Shutdown, TcpListener, TcpStream},
+    process::Command,
+};
 
 use sockgate_tests::{
     agent::{Agent, Proc, TempDir, WAIT, assert_close_shape, assert_decision_shape, run},
     netns::NetNs,
-    programs::{Pki, SClient, Serve, require, s_client_once, s_server},
+    programs::{Pki, SClient, Serve, banner_server, require, s_client_once, s_server},
 };
 
 const SERVER: &str = "10.2.0.2";
@@ -223,4 +227,154 @@ fn transparent_tproxy() {
     routed.gateway.enter();
     let agent = Agent::start(&config(15002, true));
     check_policy(&routed, &agent, &pki, 443);
+}
+
+/// REDIRECT of port 443 to sockgate on 15001 in the gateway.
+const REDIRECT_443: &str = "table ip sockgate {\n  chain prerouting {\n    type nat hook prerouting priority dstnat;\n    \
+     tcp dport 443 redirect to :15001\n  }\n}\n";
+
+/// A server-speaks-first banner service on the server's port 443, sockgate behind a
+/// REDIRECT with `no_sni = <no_sni>`, and the client namespace entered.
+fn banner_gateway(no_sni: &str) -> (Routed, Agent) {
+    let routed = Routed::new();
+    let dir = TempDir::new("no-sni");
+    routed.server.enter();
+    let listener = TcpListener::bind(format!("{SERVER}:443")).expect("binding the banner server");
+    banner_server(listener, BANNER);
+    routed.nft(&dir, REDIRECT_443);
+    routed.gateway.enter();
+    let agent = Agent::start(
+        &config(15001, false)
+            .replace("no_sni = \"deny\"", &format!("no_sni = \"{no_sni}\""))
+            .replace(
+                "[resolver]",
+                "[limits]\nclient_first_timeout = \"300ms\"\n\n[resolver]",
+            ),
+    );
+    routed.client.enter();
+    (routed, agent)
+}
+
+const BANNER: &[u8] = b"220 banner.test ready\r\n";
+
+/// A client that sends nothing has no SNI: after `client_first_timeout`, `no_sni =
+/// "allow"` lets the connection through to its original destination, so the banner
+/// arrives and bytes flow both ways.
+#[test]
+fn transparent_no_sni_allowed() {
+    let (_routed, agent) = banner_gateway("allow");
+    let target = format!("{SERVER}:443");
+    let mut stream = TcpStream::connect(&target).expect("connecting through the gateway");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut banner = [0u8; BANNER.len()];
+    stream.read_exact(&mut banner).expect("the banner");
+    assert_eq!(&banner, BANNER);
+    stream.write_all(b"EHLO client\r\n").unwrap();
+    let mut echo = [0u8; 13];
+    stream.read_exact(&mut echo).expect("the echo");
+    assert_eq!(&echo, b"EHLO client\r\n");
+    stream.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).expect("EOF after our FIN");
+    assert!(rest.is_empty(), "unexpected bytes: {rest:?}");
+
+    let conn = agent.wait_conn("the banner connection", |_| true);
+    let d = &conn.decision;
+    assert_decision_shape(d);
+    assert_eq!(d["action"], "allow", "{d}");
+    assert_eq!(d["reason"], "no_sni", "{d}");
+    assert_eq!(d["protocol"], "none", "{d}");
+    assert_eq!(d["fqdn"], serde_json::Value::Null, "{d}");
+    assert_eq!(d["fqdn_source"], "none", "{d}");
+    assert_eq!(d["dst"], target.as_str(), "{d}");
+    let c = &conn.close;
+    assert_close_shape(c);
+    assert_eq!(c["datapath"], "sockmap", "{c}");
+    assert_eq!(c["end"], "fin", "{c}");
+    assert_eq!(
+        c["bytes_down"].as_u64().unwrap(),
+        BANNER.len() as u64 + 13,
+        "{c}"
+    );
+    assert!(c["duration_ms"].as_u64().unwrap() >= 300, "{c}");
+}
+
+/// The same silent client with `no_sni = "deny"`: reset after `client_first_timeout`,
+/// and the banner never arrives.
+#[test]
+fn transparent_no_sni_denied() {
+    let (_routed, agent) = banner_gateway("deny");
+    let mut stream =
+        TcpStream::connect(format!("{SERVER}:443")).expect("connecting through the gateway");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut got = Vec::new();
+    let err = stream
+        .read_to_end(&mut got)
+        .expect_err("a reset, not a clean end");
+    assert_eq!(err.kind(), ErrorKind::ConnectionReset, "{err}");
+    assert!(got.is_empty(), "bytes got through: {got:?}");
+
+    let conn = agent.wait_conn("the silent connection", |_| true);
+    let d = &conn.decision;
+    assert_decision_shape(d);
+    assert_eq!(d["action"], "deny", "{d}");
+    assert_eq!(d["reason"], "no_sni", "{d}");
+    assert_eq!(d["protocol"], "none", "{d}");
+    assert_eq!(d["fqdn"], serde_json::Value::Null, "{d}");
+    assert_eq!(conn.close["end"], "rst", "{}", conn.close);
+    assert_eq!(conn.close["datapath"], serde_json::Value::Null);
+}
+
+/// `deny_with = "alert"`: a denied TLS name gets a fatal access_denied alert and a FIN
+/// instead of a reset; the allowed name still completes.
+#[test]
+fn transparent_deny_with_alert() {
+    let routed = Routed::new();
+    let dir = TempDir::new("alert");
+    let pki = Pki::new(&dir, &["allowed.test", "denied.test"]);
+    let _server = server(&routed, &pki, 443);
+    routed.nft(&dir, REDIRECT_443);
+    routed.gateway.enter();
+    let agent = Agent::start(&config(15001, false).replace(
+        "no_sni = \"deny\"",
+        "no_sni = \"deny\"\ndeny_with = \"alert\"",
+    ));
+    routed.client.enter();
+    let target = format!("{SERVER}:443");
+
+    let (ok, out) = s_client_once(&target, &["-servername", "denied.test"]);
+    assert!(!ok, "denied.test got through:\n{out}");
+    assert!(
+        out.contains("alert access denied"),
+        "no access_denied alert:\n{out}"
+    );
+    assert!(
+        !out.contains("errno=104"),
+        "reset as well as the alert:\n{out}"
+    );
+    let conn = agent.conn_for("denied.test", 0);
+    let d = &conn.decision;
+    assert_eq!(d["action"], "deny", "{d}");
+    assert_eq!(d["reason"], "default", "{d}");
+    assert_eq!(d["protocol"], "tls", "{d}");
+    let c = &conn.close;
+    assert_eq!(c["end"], "fin", "{c}");
+    // One alert record: 5 bytes of header, 2 of alert.
+    assert_eq!(c["bytes_down"], 7, "{c}");
+    assert_eq!(c["datapath"], serde_json::Value::Null);
+
+    let mut client = SClient::start(
+        &target,
+        &[
+            "-servername",
+            "allowed.test",
+            "-CAfile",
+            pki.cert.to_str().unwrap(),
+            "-verify_return_error",
+        ],
+    );
+    client.send_line("still allowed");
+    client.expect_stdout("dewolla llits");
+    let (ok, out, err) = client.finish();
+    assert!(ok, "s_client to allowed.test failed:\n{out}\n{err}");
 }
