@@ -127,8 +127,6 @@ fn sighup_reloads_and_refuses_invalid_configs() {
 /// over (denying the name the tunnel was allowed for): the transfer is byte-exact, ends
 /// with FIN, and new tunnels follow the new policy meanwhile.
 #[test]
-#[ignore = "open data-plane bug: flaky (about 1 in 8) with a stall or duplicated skbs; \
-            reproduced without reloads by datapath::prehandoff_flood_sockmap"]
 fn sighup_during_1gib_transfer() {
     let _ns = NetNs::enter_new();
     let listener = TcpListener::bind("127.0.0.1:9000").unwrap();

@@ -26,6 +26,9 @@ use crate::{ebpf::Kernel, sockopt};
 /// connection is declared broken.
 const LOST_BYTES_GRACE: Duration = Duration::from_secs(2);
 
+/// A `go` that the verdict's `passed` count never reaches: every byte passes.
+const NOT_YET: u64 = u64::MAX;
+
 /// Allocated only when bytes reach userspace after the handoff, which is rare.
 const BUFFER: usize = 64 << 10;
 
@@ -38,15 +41,21 @@ pub(super) async fn run(
     both(
         client.stream(),
         upstream.stream(),
-        direction(kernel, client, upstream, &moved.up),
-        direction(kernel, upstream, client, &moved.down),
+        direction(kernel, client, upstream, &moved.up, &moved.down),
+        direction(kernel, upstream, client, &moved.down, &moved.up),
     )
     .await
 }
 
 /// One direction, `src` to `dst`. `read` counts what userspace read from `src`.
-async fn direction(kernel: &Kernel, src: &Endpoint, dst: &Endpoint, read: &AtomicU64) -> End {
-    let end = direction_inner(kernel, src, dst, read).await;
+async fn direction(
+    kernel: &Kernel,
+    src: &Endpoint,
+    dst: &Endpoint,
+    read: &AtomicU64,
+    dst_read: &AtomicU64,
+) -> End {
+    let end = direction_inner(kernel, src, dst, read, dst_read).await;
     let c = kernel.counters(src.cookie());
     log::debug!(
         "conn {}: sock {} -> {} ended {end:?}: read {} passed {} redirected {}",
@@ -60,22 +69,41 @@ async fn direction(kernel: &Kernel, src: &Endpoint, dst: &Endpoint, read: &Atomi
     end
 }
 
-async fn direction_inner(kernel: &Kernel, src: &Endpoint, dst: &Endpoint, read: &AtomicU64) -> End {
+/// `read` counts what userspace read from `src`, `dst_read` what the other direction read
+/// from `dst`.
+async fn direction_inner(
+    kernel: &Kernel,
+    src: &Endpoint,
+    dst: &Endpoint,
+    read: &AtomicU64,
+    dst_read: &AtomicU64,
+) -> End {
     let mut written = dst.bytes_written();
     let mut go = None;
     let mut eof_since = None;
     loop {
-        if go != Some(read.load(Relaxed)) {
+        // No redirects into `dst` while it still holds passed bytes we have not read: its
+        // psock backlog would then carry its own pending passes and our redirects at once,
+        // and under that mix the kernel duplicated or dropped whole skbs (a server flooding
+        // the upstream before the handoff; datapath::prehandoff_flood_sockmap). Until then
+        // `go` cannot match, so our bytes pass and are relayed here; the other direction
+        // drains `dst` meanwhile.
+        let want = if dst.unread_passed(dst_read.load(Relaxed)) > 0 {
+            NOT_YET
+        } else {
+            read.load(Relaxed)
+        };
+        if go != Some(want) {
             let handoff = Handoff {
                 peer: dst.cookie(),
-                go: read.load(Relaxed),
+                go: want,
                 conn: src.conn(),
             };
             if let Err(err) = kernel.set_handoff(src.cookie(), handoff) {
                 log::warn!("sock {}: handoff map update failed: {err}", src.cookie());
                 return End::Error;
             }
-            go = Some(read.load(Relaxed));
+            go = Some(want);
         }
         // Readable only for bytes the verdict passed, EOF or an error: redirected skbs
         // never show up in the socket's own queue.
