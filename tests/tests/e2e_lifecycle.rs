@@ -249,3 +249,34 @@ fn sigterm_idle_exits_zero() {
         agent.stderr()
     );
 }
+
+/// A reload adds and removes listeners as the file says, and a listener may be IPv6: the
+/// proxy moves from 127.0.0.1:3128 to [::1]:3129 without a restart.
+#[test]
+fn sighup_moves_a_listener_to_ipv6() {
+    let _ns = NetNs::enter_new();
+    banner_server(TcpListener::bind("127.0.0.1:2525").unwrap(), b"hi\r\n");
+    let mut agent = Agent::start(&config("allow", "1s"));
+    assert!(tunnel_status().starts_with("HTTP/1.1 200"));
+
+    let moved = config("allow", "1s").replace(PROXY, "[::1]:3129");
+    assert_eq!(agent.reload(&moved), Reload::Applied);
+    let old = TcpStream::connect(PROXY).map_err(|e| e.kind());
+    assert_eq!(
+        old.err(),
+        Some(ErrorKind::ConnectionRefused),
+        "the removed listener still accepts"
+    );
+    let (mut stream, status) = connect_tunnel("[::1]:3129".parse().unwrap(), "allowed.test:2525");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut banner = [0u8; 4];
+    stream
+        .read_exact(&mut banner)
+        .expect("the banner through the new listener");
+    assert_eq!(&banner, b"hi\r\n");
+    let decision = agent.wait_event("a decision on the IPv6 listener", |e| {
+        e["event"] == "decision" && e["client"].as_str().is_some_and(|c| c.starts_with("[::1]"))
+    });
+    assert_eq!(decision["action"], "allow", "{decision}");
+}
