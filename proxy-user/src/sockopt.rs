@@ -68,6 +68,15 @@ pub fn set_linger_zero(fd: &impl AsRawFd) -> io::Result<()> {
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, linger)
 }
 
+/// Undoes [`set_linger_zero`]: close sends FIN again.
+pub fn clear_linger(fd: &impl AsRawFd) -> io::Result<()> {
+    let linger = libc::linger {
+        l_onoff: 0,
+        l_linger: 0,
+    };
+    setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, linger)
+}
+
 /// Bytes in the send queue not yet acknowledged by the peer (SIOCOUTQ).
 pub fn send_queue(fd: &impl AsRawFd) -> io::Result<u64> {
     let mut value: libc::c_int = 0;

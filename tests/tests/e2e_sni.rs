@@ -179,3 +179,43 @@ fn stalled_client_hello_times_out() {
     assert_eq!(conn.decision["reason"], "timeout", "{}", conn.decision);
     assert_eq!(conn.close["end"], "timeout", "{}", conn.close);
 }
+
+/// A server that takes the ClientHello and never answers: at `handshake_timeout` both sides
+/// are reset, the server too (a FIN would read as a client that gave up).
+#[test]
+fn silent_server_times_out_with_resets() {
+    let _ns = NetNs::enter_new();
+    let silent = std::net::TcpListener::bind("127.0.0.1:4433").unwrap();
+    let agent = Agent::start(&config("reset").replace(
+        "[resolver]",
+        "[limits]\nclient_first_timeout = \"200ms\"\nhandshake_timeout = \"500ms\"\n\n[resolver]",
+    ));
+    let client =
+        std::thread::spawn(|| s_client_once(SNI, &["-servername", "allowed.test", "-no_ign_eof"]));
+    let (mut upstream, _) = silent.accept().expect("sockgate connects to the server");
+    upstream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut hello = Vec::new();
+    let end = loop {
+        let mut buf = [0u8; 4096];
+        match upstream.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => hello.extend_from_slice(&buf[..n]),
+            Err(e) => break Some(e.kind()),
+        }
+    };
+    assert_eq!(
+        hello.first(),
+        Some(&22),
+        "the ClientHello reached the server"
+    );
+    assert_eq!(
+        end,
+        Some(ErrorKind::ConnectionReset),
+        "the server side is reset"
+    );
+    let (ok, out) = client.join().unwrap();
+    assert!(!ok, "the client cannot complete a handshake:\n{out}");
+    let conn = agent.wait_conn("the timed-out handshake", |d| d["conn"] == 1);
+    assert_eq!(conn.decision["reason"], "timeout", "{}", conn.decision);
+    assert_eq!(conn.close["end"], "timeout", "{}", conn.close);
+}

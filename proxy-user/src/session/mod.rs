@@ -195,6 +195,8 @@ pub async fn run(cx: Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
     record.rule = decision.as_ref().and_then(|d| d.rule.clone());
     match result {
         Ok(upstream) => {
+            // From here on a close is orderly unless the datapath resets it.
+            let _ = sockopt::clear_linger(upstream.stream());
             record.action = Action::Allow;
             record.reason = decision.map_or_else(String::new, |d| d.reason.to_string());
             events::decision(&record);
@@ -537,11 +539,14 @@ impl Session<'_> {
         if let Ok(addr) = stream.peer_addr() {
             self.record.dst = Some(addr.to_string());
         }
+        // Until the handshake is through, dropping the upstream (a refusal, a timeout, a
+        // shutdown) must read as a reset to the server, not as a client that finished:
+        // the server may already have seen a ClientHello. `run` clears this at the handoff.
+        let _ = sockopt::set_linger_zero(&stream);
         Ok(self.cx.datapath.adopt(stream, self.record.conn))
     }
 
-    /// Steps 5 and 6: the first bytes exactly as received, then the server's answer. A
-    /// refusal while the server is answering resets the server side as well.
+    /// Steps 5 and 6: the first bytes exactly as received, then the server's answer.
     async fn forward(
         &mut self,
         upstream: &mut Endpoint,
@@ -563,13 +568,7 @@ impl Session<'_> {
         let Some(hello) = hello else {
             return Ok(());
         };
-        let answered = self.server_hello(upstream, &hello).await;
-        if answered.is_err() {
-            // The server saw a ClientHello from us: a FIN would read as a client that gave
-            // up, so refuse it the way the client is refused (a reset).
-            let _ = sockopt::set_linger_zero(upstream.stream());
-        }
-        answered
+        self.server_hello(upstream, &hello).await
     }
 
     /// Step 6: relays the server's reply until a ServerHello. After a HelloRetryRequest
