@@ -6,7 +6,8 @@
 //! redirects only while its `passed` count equals `go`, and passes (to our `recv`)
 //! otherwise. So every byte userspace sees is written before any later byte is redirected,
 //! and a byte that arrives during the handoff is simply read and forwarded here, after which
-//! `go` catches up.
+//! `go` catches up. A direction also holds off redirecting into a socket that still has
+//! passed bytes unread, and FIN waits until the peer's send queue has every redirected byte.
 
 use std::{
     io,
@@ -47,7 +48,7 @@ pub(super) async fn run(
     .await
 }
 
-/// One direction, `src` to `dst`. `read` counts what userspace read from `src`.
+/// One direction, `src` to `dst`, with a debug line on how it ended.
 async fn direction(
     kernel: &Kernel,
     src: &Endpoint,
