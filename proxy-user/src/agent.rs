@@ -25,8 +25,7 @@ use tokio::{
 
 use crate::{
     config::{self, Config, ListenerConfig, ListenerKind},
-    datapath::{DEFAULT_SEND_BUFFER, Datapath, Mode},
-    ebpf::Kernel,
+    datapath::{DEFAULT_SEND_BUFFER, Datapath},
     policy::Policy,
     session::{self, Context, ListenerInfo, Live, Phase},
     sockopt,
@@ -61,15 +60,6 @@ fn live(config: &Config) -> anyhow::Result<Live> {
     })
 }
 
-fn mode(datapath: config::Datapath) -> Mode {
-    match datapath {
-        config::Datapath::Auto => Mode::Auto,
-        config::Datapath::Sockmap => Mode::Sockmap,
-        config::Datapath::Splice => Mode::Splice,
-        config::Datapath::Copy => Mode::Copy,
-    }
-}
-
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     // Handlers first: until they exist, SIGHUP and SIGTERM kill the process outright, and
@@ -79,26 +69,12 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let config = Config::load(&path)?;
     let live = live(&config)?;
-    let mode = mode(config.datapath);
-    let kernel = match mode {
-        Mode::Auto | Mode::Sockmap => match Kernel::load() {
-            Ok(kernel) => {
-                kernel.spawn_log_reader()?;
-                Some(Arc::new(kernel))
-            }
-            Err(err) if mode == Mode::Sockmap => {
-                return Err(err).context("datapath = \"sockmap\" needs the eBPF program");
-            }
-            Err(err) => {
-                log::warn!("eBPF program not loaded ({err}); relaying with splice(2)");
-                None
-            }
-        },
-        Mode::Splice | Mode::Copy => None,
-    };
+    let mode = config.datapath;
+    let datapath = Datapath::load(mode, DEFAULT_SEND_BUFFER)
+        .context("datapath = \"sockmap\" needs the eBPF program")?;
     let (phase, _) = watch::channel(Phase::Running);
     let agent = Arc::new(Agent {
-        datapath: Arc::new(Datapath::new(kernel, mode, DEFAULT_SEND_BUFFER)),
+        datapath: Arc::new(datapath),
         live: RwLock::new(Arc::new(live)),
         phase,
         next_conn: AtomicU64::new(0),
@@ -171,7 +147,7 @@ async fn reload(agent: &Arc<Agent>, path: &Path) {
         }
     };
     let (config, live) = config;
-    if mode(config.datapath) != mode_of(agent) {
+    if config.datapath != agent.datapath.mode() {
         log::warn!("reload: a datapath change takes effect only after a restart");
     }
     *agent.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
@@ -208,10 +184,6 @@ async fn reload(agent: &Arc<Agent>, path: &Path) {
         config.listeners.len(),
         config.policy.rules.len()
     );
-}
-
-fn mode_of(agent: &Agent) -> Mode {
-    agent.datapath.mode()
 }
 
 async fn bind(config: &ListenerConfig) -> anyhow::Result<TcpListener> {

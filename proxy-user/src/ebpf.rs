@@ -29,6 +29,8 @@ pub enum LoadError {
     Program(#[from] ProgramError),
     #[error("aya-log: {0}")]
     Log(#[from] aya_log::Error),
+    #[error("aya-log reader: {0}")]
+    LogReader(std::io::Error),
 }
 
 /// Entry counts of the maps, for leak checks.

@@ -38,19 +38,16 @@ impl Relay {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let (mode, kernel) = match path {
-            Path::Sockmap => {
-                let kernel = runtime.block_on(async {
-                    let kernel = Kernel::load().expect("loading the eBPF program");
-                    kernel.spawn_log_reader().expect("aya-log reader");
-                    Arc::new(kernel)
-                });
-                (Mode::Sockmap, Some(kernel))
-            }
-            Path::Splice => (Mode::Splice, None),
-            Path::Copy => (Mode::Copy, None),
+        let mode = match path {
+            Path::Sockmap => Mode::Sockmap,
+            Path::Splice => Mode::Splice,
+            Path::Copy => Mode::Copy,
         };
-        let datapath = Arc::new(Datapath::new(kernel.clone(), mode, DEFAULT_SEND_BUFFER));
+        let datapath = runtime
+            .block_on(async { Datapath::load(mode, DEFAULT_SEND_BUFFER) })
+            .expect("loading the eBPF program");
+        let kernel = datapath.kernel().cloned();
+        let datapath = Arc::new(datapath);
         let (tx, outcomes) = mpsc::unbounded_channel();
         let listener = runtime
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))

@@ -6,7 +6,6 @@ use anyhow::Context as _;
 
 use crate::{
     datapath::{DEFAULT_SEND_BUFFER, Datapath, Mode},
-    ebpf::Kernel,
     relay::{RelayConfig, serve},
 };
 
@@ -19,7 +18,7 @@ pub struct Args {
     #[arg(long)]
     upstream: SocketAddr,
     /// auto, sockmap, splice or copy.
-    #[arg(long, default_value = "auto", value_parser = parse_mode)]
+    #[arg(long, value_enum, default_value = "auto")]
     datapath: Mode,
     /// SO_SNDBUF of both proxy sockets; 0 keeps the kernel default.
     #[arg(long, default_value_t = DEFAULT_SEND_BUFFER)]
@@ -29,31 +28,12 @@ pub struct Args {
     handshake_bytes: usize,
 }
 
-fn parse_mode(s: &str) -> Result<Mode, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_owned()))
-        .map_err(|_| format!("unknown datapath {s:?} (auto, sockmap, splice, copy)"))
-}
-
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
-        let kernel = match args.datapath {
-            Mode::Auto | Mode::Sockmap => match Kernel::load() {
-                Ok(kernel) => {
-                    kernel.spawn_log_reader()?;
-                    Some(Arc::new(kernel))
-                }
-                Err(err) if args.datapath == Mode::Sockmap => {
-                    return Err(err).context("datapath = sockmap needs the eBPF program");
-                }
-                Err(err) => {
-                    log::warn!("eBPF program not loaded ({err}); using splice(2)");
-                    None
-                }
-            },
-            Mode::Splice | Mode::Copy => None,
-        };
-        let datapath = Arc::new(Datapath::new(kernel, args.datapath, args.send_buffer));
+        let datapath = Datapath::load(args.datapath, args.send_buffer)
+            .context("datapath = sockmap needs the eBPF program")?;
+        let datapath = Arc::new(datapath);
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .with_context(|| format!("binding {}", args.listen))?;

@@ -15,6 +15,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+/// How bytes flow once a connection is handed off (`datapath = "auto"` etc.).
+pub use crate::datapath::Mode as Datapath;
 pub use limits::{LimitError, Limits, MAX_CLIENT_HELLO, MIN_CLIENT_HELLO};
 pub use listener::{ListenerConfig, ListenerError, ListenerKind, ListenerMode, ListenerProblem};
 pub use policy::{DenyWith, PolicyConfig, RuleConfig};
@@ -41,21 +43,6 @@ pub struct Config {
     /// `[limits]`.
     #[serde(default)]
     pub limits: Limits,
-}
-
-/// How bytes flow once a connection is handed off.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Datapath {
-    /// sockmap when the kernel program loads, else splice.
-    #[default]
-    Auto,
-    /// The in-kernel BPF sockmap redirect.
-    Sockmap,
-    /// splice(2) through a pipe.
-    Splice,
-    /// A userspace copy loop.
-    Copy,
 }
 
 /// Why a config cannot be used. The operator caused every one of them.

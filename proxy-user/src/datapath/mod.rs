@@ -31,10 +31,23 @@ use direction::Moved;
 pub use endpoint::Endpoint;
 use tokio::net::TcpStream;
 
-use crate::{ebpf::Kernel, sockopt};
+use crate::{
+    ebpf::{Kernel, LoadError},
+    sockopt,
+};
 
-/// Which path a connection should use.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+/// Which path connections should use (the config's `datapath`, `sockgate relay --datapath`).
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// sockmap when the kernel program is loaded and both sockets enter the map, else splice.
@@ -90,6 +103,27 @@ pub struct Datapath {
 }
 
 impl Datapath {
+    /// Loads the kernel program when `mode` wants it (and starts its log reader, so this
+    /// needs a tokio runtime). `Auto` falls back to splice(2) with a warning; `Sockmap`
+    /// fails instead.
+    pub fn load(mode: Mode, send_buffer: usize) -> Result<Self, LoadError> {
+        let kernel = match mode {
+            Mode::Splice | Mode::Copy => None,
+            Mode::Auto | Mode::Sockmap => match Kernel::load() {
+                Ok(kernel) => {
+                    kernel.spawn_log_reader().map_err(LoadError::LogReader)?;
+                    Some(Arc::new(kernel))
+                }
+                Err(err) if mode == Mode::Sockmap => return Err(err),
+                Err(err) => {
+                    log::warn!("eBPF program not loaded ({err}); relaying with splice(2)");
+                    None
+                }
+            },
+        };
+        Ok(Self::new(kernel, mode, send_buffer))
+    }
+
     pub fn new(kernel: Option<Arc<Kernel>>, mode: Mode, send_buffer: usize) -> Self {
         let kernel = kernel.filter(|_| matches!(mode, Mode::Auto | Mode::Sockmap));
         Self {
