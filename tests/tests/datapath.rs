@@ -318,7 +318,7 @@ impl Drop for ChildGuard {
 fn kernel_log_reaches_agent_log() {
     let _ns = NetNs::enter_new();
     let (listener, upstream) = listen();
-    let reports = server(listener, |_| Plan::new(MIB, 5));
+    let reports = server(listener, |_| Plan::new(16 * MIB, 5));
     let relay_addr = "127.0.0.1:4000";
     let mut child = ChildGuard(
         Command::new(sockgate_bin())
@@ -335,7 +335,7 @@ fn kernel_log_reaches_agent_log() {
             TcpStream::connect(relay_addr).ok()
         })
         .expect("sockgate relay never listened");
-    let client = exchange(stream, Plan::new(MIB, 6)).expect("client side");
+    let client = exchange(stream, Plan::new(16 * MIB, 6)).expect("client side");
     let server = server_report(&reports);
     assert_eq!(client.received, server.sent);
     assert_eq!(server.received, client.sent);
