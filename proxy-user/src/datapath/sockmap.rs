@@ -27,10 +27,15 @@ use crate::{ebpf::Kernel, sockopt};
 /// connection is declared broken.
 const LOST_BYTES_GRACE: Duration = Duration::from_secs(2);
 
+/// Passed-but-unread bytes on a socket beyond which nothing is redirected into it. A
+/// pre-handoff flood leaves megabytes; a relay that keeps up leaves far less.
+const UNREAD_LIMIT: u64 = 1 << 20;
+
 /// A `go` that the verdict's `passed` count never reaches: every byte passes.
 const NOT_YET: u64 = u64::MAX;
 
-/// Allocated only when bytes reach userspace after the handoff, which is rare.
+/// The read buffer while bytes are passed to userspace (before the handoff completes, or
+/// after a failed redirect).
 const BUFFER: usize = 64 << 10;
 
 pub(super) async fn run(
@@ -48,7 +53,8 @@ pub(super) async fn run(
     .await
 }
 
-/// One direction, `src` to `dst`, with a debug line on how it ended.
+/// One direction, `src` to `dst`, with a debug line on how it ended. `read` counts what
+/// userspace read from `src`, `dst_read` what the other direction read from `dst`.
 async fn direction(
     kernel: &Kernel,
     src: &Endpoint,
@@ -70,8 +76,6 @@ async fn direction(
     end
 }
 
-/// `read` counts what userspace read from `src`, `dst_read` what the other direction read
-/// from `dst`.
 async fn direction_inner(
     kernel: &Kernel,
     src: &Endpoint,
@@ -82,14 +86,18 @@ async fn direction_inner(
     let mut written = dst.bytes_written();
     let mut go = None;
     let mut eof_since = None;
+    // Held only while bytes are being passed to us, so an idle spliced connection keeps
+    // no buffer.
+    let mut buf = Vec::new();
     loop {
-        // No redirects into `dst` while it still holds passed bytes we have not read: its
-        // psock backlog would then carry its own pending passes and our redirects at once,
-        // and under that mix the kernel duplicated or dropped whole skbs (a server flooding
-        // the upstream before the handoff; datapath::prehandoff_flood_sockmap). Until then
-        // `go` cannot match, so our bytes pass and are relayed here; the other direction
-        // drains `dst` meanwhile.
-        let want = if dst.unread_passed(dst_read.load(Relaxed)) > 0 {
+        // No redirects into `dst` while it holds a large backlog of passed bytes the other
+        // direction has not read yet: its psock backlog would then carry its own pending
+        // passes and our redirects at once, and under that mix the kernel duplicated or
+        // dropped whole skbs (a server flooding the upstream before the handoff;
+        // datapath::prehandoff_flood_sockmap). Until then `go` cannot match, so our bytes
+        // pass and are relayed here. Only a large backlog: with any unread byte as the bar,
+        // two busy directions kept each other in userspace for a whole transfer.
+        let want = if dst.unread_passed(dst_read.load(Relaxed)) > UNREAD_LIMIT {
             NOT_YET
         } else {
             read.load(Relaxed)
@@ -111,7 +119,7 @@ async fn direction_inner(
         if let Err(err) = src.stream().readable().await {
             return End::from_io(&err);
         }
-        let mut buf = vec![0; BUFFER];
+        buf.resize(BUFFER, 0);
         match src.stream().try_read(&mut buf) {
             Ok(0) => {
                 match eof_is_final(src, read.load(Relaxed), &mut eof_since).await {
@@ -130,9 +138,10 @@ async fn direction_inner(
                 };
             }
             Ok(n) => {
+                let counters = kernel.counters(src.cookie());
                 // Redirected skbs may still wait in the peer's psock queue; ours must not
                 // overtake them.
-                if kernel.counters(src.cookie()).redirected > 0
+                if counters.redirected > 0
                     && let Err(end) = drained(kernel, src, dst.stream(), written).await
                 {
                     return end;
@@ -141,7 +150,11 @@ async fn direction_inner(
                     return End::from_io(&err);
                 }
                 written += n as u64;
-                read.fetch_add(n as u64, Relaxed);
+                let total = read.fetch_add(n as u64, Relaxed) + n as u64;
+                if counters.passed == total {
+                    // Caught up: the handoff completes on the next turn.
+                    buf = Vec::new();
+                }
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
             Err(err) => return End::from_io(&err),
