@@ -5,7 +5,10 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, sk_action::SK_PASS},
+    bindings::{
+        BPF_F_NO_PREALLOC,
+        sk_action::{SK_DROP, SK_PASS},
+    },
     helpers::bpf_get_socket_cookie,
     macros::{map, stream_verdict},
     maps::{HashMap, SockHash},
@@ -26,8 +29,9 @@ static HANDOFF: HashMap<u64, Handoff> = HashMap::with_max_entries(MAX_SOCKETS, B
 static COUNTERS: HashMap<u64, SockCounters> =
     HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
 
-/// Every return is SK_PASS, with or without a redirect set. SK_DROP would discard bytes the
-/// kernel has already ACKed (sk_psock_verdict_apply, net/core/skmsg.c), so it is never used.
+/// Every skb with bytes gets SK_PASS, with or without a redirect set: SK_DROP would discard
+/// bytes the kernel has already ACKed (sk_psock_verdict_apply, net/core/skmsg.c). Only an
+/// empty skb (a bare FIN) is dropped.
 #[stream_verdict]
 pub fn sockgate_verdict(ctx: SkBuffContext) -> u32 {
     try_verdict(&ctx)
@@ -45,6 +49,15 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
     // SAFETY: only this program writes the counters, and verdicts for one socket run
     // serialised under its lock (tcp_read_skb), so this is the only writer.
     let counters = unsafe { &mut *counters };
+    // A bare FIN comes through here as an empty skb (tcp_read_skb, net/ipv4/tcp.c); TCP has
+    // already recorded the FIN, so recv() reports EOF without it. Queued anywhere it does
+    // harm: the psock backlog that meets it (our socket's if passed behind pending
+    // redirects, the peer's if redirected) sends or delivers 0 bytes, counts that as a hard
+    // error (sk_psock_backlog, net/core/skmsg.c), reports EPIPE and stops transmitting, and
+    // every byte redirected to that socket afterwards is dropped. Nothing to lose: drop it.
+    if len == 0 {
+        return SK_DROP;
+    }
     // Not handed off yet, or userspace has not caught up with what it was passed: pass, so
     // that userspace writes those bytes to the peer before anything later is redirected.
     let handoff = match HANDOFF.get_ptr(cookie) {
@@ -52,10 +65,7 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
         Some(h) => unsafe { *h },
         None => return pass(counters, len),
     };
-    // A bare FIN comes through here as an empty skb (tcp_read_skb, net/ipv4/tcp.c). Keep it
-    // local: the peer's queue must not hold anything once userspace shuts the peer down, or
-    // the psock backlog fails on it with EPIPE and marks the peer socket errored.
-    if handoff.go != counters.passed || len == 0 {
+    if handoff.go != counters.passed {
         return pass(counters, len);
     }
     let mut peer = handoff.peer;
