@@ -6,8 +6,9 @@
 //! redirects only while its `passed` count equals `go`, and passes (to our `recv`)
 //! otherwise. So every byte userspace sees is written before any later byte is redirected,
 //! and a byte that arrives during the handoff is simply read and forwarded here, after which
-//! `go` catches up. A direction also holds off redirecting into a socket that still has
-//! passed bytes unread, and FIN waits until the peer's send queue has every redirected byte.
+//! `go` catches up. A direction also holds off redirecting into a socket with a large
+//! unread backlog of passed bytes, and FIN waits until the peer's send queue has every
+//! redirected byte.
 
 use std::{
     io,
