@@ -34,6 +34,12 @@ pub struct Handoff {
     /// to userspace is written to the peer before any later byte is redirected.
     /// Written by userspace; read by the verdict.
     pub go: u64,
+    /// The verdict redirects an skb only while `SockCounters::redirected` stays within this
+    /// limit; past it, it passes. Redirected skbs wait in the peer's psock queue, charged to
+    /// no socket, so TCP never closes the window for them; this credit is the only bound.
+    /// Userspace raises it when it relays the passed bytes, once the peer's queue is empty
+    /// (see proxy-user's datapath::sockmap). Written by userspace; read by the verdict.
+    pub limit: u64,
     /// The agent's connection id, so the kernel's log lines name the same connection as
     /// the decision log. Written by userspace; read by the verdict (for logging only).
     pub conn: u64,

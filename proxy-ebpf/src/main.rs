@@ -65,7 +65,9 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
         Some(h) => unsafe { *h },
         None => return pass(counters, len),
     };
-    if handoff.go != counters.passed {
+    // Out of credit: passing closes the TCP window once userspace stops reading, which is
+    // the backpressure a redirect lacks. Every later skb passes too (`go` now lags).
+    if handoff.go != counters.passed || counters.redirected + len > handoff.limit {
         return pass(counters, len);
     }
     let mut peer = handoff.peer;

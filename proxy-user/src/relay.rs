@@ -68,7 +68,7 @@ async fn relay(
     copy_exact(&mut client, &mut upstream, config.handshake_bytes).await?;
     copy_exact(&mut upstream, &mut client, config.handshake_bytes).await?;
     Ok(datapath
-        .splice(client, upstream, std::future::pending())
+        .splice(client, upstream, None, std::future::pending())
         .await)
 }
 

@@ -77,6 +77,12 @@ pub fn clear_linger(fd: &impl AsRawFd) -> io::Result<()> {
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, linger)
 }
 
+/// A buffer size as the kernel reports it (`SO_RCVBUF`, `SO_SNDBUF`: twice what was set).
+pub fn buffer(fd: &impl AsRawFd, which: libc::c_int) -> io::Result<u64> {
+    let value: libc::c_int = getsockopt(fd, libc::SOL_SOCKET, which)?;
+    Ok(value as u64)
+}
+
 /// Bytes in the send queue not yet acknowledged by the peer (SIOCOUTQ).
 pub fn send_queue(fd: &impl AsRawFd) -> io::Result<u64> {
     let mut value: libc::c_int = 0;

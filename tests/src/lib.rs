@@ -6,6 +6,7 @@
 //! message when something they need is missing: a skipped test is never a pass.
 
 pub mod agent;
+pub mod held;
 pub mod netns;
 pub mod peers;
 pub mod programs;

@@ -23,6 +23,8 @@ pub struct Plan {
     pub after_eof: bool,
     /// Pause after sending and before FIN.
     pub fin_delay: std::time::Duration,
+    /// Read at most this many bytes per second; 0 reads as fast as possible.
+    pub read_rate: u64,
 }
 
 impl Plan {
@@ -33,6 +35,7 @@ impl Plan {
             seed,
             after_eof: false,
             fin_delay: std::time::Duration::ZERO,
+            read_rate: 0,
         }
     }
 }
@@ -82,10 +85,24 @@ pub fn exchange(stream: TcpStream, plan: Plan) -> io::Result<Report> {
     });
     let mut reader = stream;
     let mut hash = Sha256::new();
-    let mut buf = vec![0u8; 256 << 10];
+    // A paced reader takes small bites so it never runs far ahead of its rate.
+    let mut buf = vec![
+        0u8;
+        if plan.read_rate > 0 {
+            16 << 10
+        } else {
+            256 << 10
+        }
+    ];
     let mut received_len = 0u64;
     let mut id = [0u8; 8];
+    let started = std::time::Instant::now();
     let read_result = loop {
+        if plan.read_rate > 0 {
+            let due =
+                std::time::Duration::from_secs_f64(received_len as f64 / plan.read_rate as f64);
+            thread::sleep(due.saturating_sub(started.elapsed()));
+        }
         match reader.read(&mut buf) {
             Ok(0) => break Ok(()),
             Ok(n) => {

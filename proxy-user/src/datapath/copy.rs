@@ -17,8 +17,6 @@ const BUFFER: usize = 64 << 10;
 
 pub(super) async fn run(client: &Endpoint, upstream: &Endpoint, moved: &Moved) -> End {
     both(
-        client.stream(),
-        upstream.stream(),
         direction(client, upstream.stream(), &moved.up),
         direction(upstream, client.stream(), &moved.down),
     )

@@ -56,27 +56,18 @@ impl End {
 
 /// Runs the client-to-upstream (`up`) and upstream-to-client (`down`) directions. A FIN in
 /// one direction leaves the other running (a half-close); a reset or error in either stops
-/// both and resets both sockets, so each peer sees a reset rather than a clean EOF.
-pub(super) async fn both(
-    client: &TcpStream,
-    upstream: &TcpStream,
-    up: impl Future<Output = End>,
-    down: impl Future<Output = End>,
-) -> End {
+/// both (and the sockets, which linger zero until then, are reset when closed).
+pub(super) async fn both(up: impl Future<Output = End>, down: impl Future<Output = End>) -> End {
     tokio::pin!(up, down);
     let (first, up_first) = tokio::select! {
         end = &mut up => (end, true),
         end = &mut down => (end, false),
     };
-    let end = match first {
+    match first {
         End::Fin if up_first => down.await,
         End::Fin => up.await,
         other => other,
-    };
-    if end != End::Fin {
-        reset_on_close(client, upstream);
     }
-    end
 }
 
 /// Makes closing both sockets send RST (SO_LINGER 0); the caller closes them right after.

@@ -24,6 +24,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
+    time::{Duration, Instant},
 };
 
 pub use direction::End;
@@ -166,15 +167,20 @@ impl Datapath {
         Endpoint::new(stream, cookie, conn, kernel)
     }
 
-    /// Moves bytes both ways until both directions end, or until `stop` resolves (both
-    /// sides are then reset and `stop`'s value is the end). Then closes both sockets;
+    /// Moves bytes both ways until both directions end, until no byte moved either way for
+    /// `idle_timeout` (`None`: never), or until `stop` resolves (its value is then the end).
+    /// Then closes both sockets, with a reset unless both directions ended with FIN;
     /// dropping the endpoints frees their map entries.
     pub async fn splice(
         &self,
         client: Endpoint,
         upstream: Endpoint,
+        idle_timeout: Option<Duration>,
         stop: impl Future<Output = End>,
     ) -> Outcome {
+        // Until both directions end with FIN, any close resets: if the agent dies, each
+        // peer sees a reset rather than a clean end of a truncated stream.
+        direction::reset_on_close(client.stream(), upstream.stream());
         let path = match (&self.kernel, client.in_kernel(), upstream.in_kernel()) {
             (Some(_), true, true) => Path::Sockmap,
             (_, false, false) if self.mode != Mode::Copy => Path::Splice,
@@ -193,13 +199,25 @@ impl Datapath {
                 _ => copy::run(&client, &upstream, &moved).await,
             }
         };
+        let activity = || {
+            let mut total = moved.up.load(Relaxed) + moved.down.load(Relaxed);
+            if let Some(kernel) = &self.kernel {
+                for cookie in [client.cookie(), upstream.cookie()] {
+                    let c = kernel.counters(cookie);
+                    total += c.passed + c.redirected;
+                }
+            }
+            total
+        };
         let end = tokio::select! {
             end = run => end,
-            end = stop => {
-                direction::reset_on_close(client.stream(), upstream.stream());
-                end
-            }
+            end = stop => end,
+            end = idle(idle_timeout, activity) => end,
         };
+        if end == End::Fin {
+            let _ = sockopt::clear_linger(client.stream());
+            let _ = sockopt::clear_linger(upstream.stream());
+        }
         let mut bytes_up = moved.up.load(Relaxed);
         let mut bytes_down = moved.down.load(Relaxed);
         if let (Path::Sockmap, Some(kernel)) = (path, &self.kernel) {
@@ -211,6 +229,24 @@ impl Datapath {
             bytes_down,
             end,
             path,
+        }
+    }
+}
+
+/// Resolves with [`End::Timeout`] once `activity` (bytes moved either way, by userspace or
+/// the verdict) has not changed for `timeout`; never with `None`.
+async fn idle(timeout: Option<Duration>, activity: impl Fn() -> u64) -> End {
+    let Some(timeout) = timeout.filter(|t| !t.is_zero()) else {
+        return std::future::pending().await;
+    };
+    let (mut last, mut since) = (activity(), Instant::now());
+    loop {
+        tokio::time::sleep(timeout / 8).await;
+        let now = activity();
+        if now != last {
+            (last, since) = (now, Instant::now());
+        } else if since.elapsed() >= timeout {
+            return End::Timeout;
         }
     }
 }

@@ -19,8 +19,6 @@ const PIPE_SIZE: usize = 1 << 20;
 
 pub(super) async fn run(client: &Endpoint, upstream: &Endpoint, moved: &Moved) -> End {
     both(
-        client.stream(),
-        upstream.stream(),
         direction(client.stream(), upstream.stream(), &moved.up),
         direction(upstream.stream(), client.stream(), &moved.down),
     )

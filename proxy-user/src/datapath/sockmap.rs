@@ -9,6 +9,15 @@
 //! `go` catches up. A direction also holds off redirecting into a socket with a large
 //! unread backlog of passed bytes, and FIN waits until the peer's send queue has every
 //! redirected byte.
+//!
+//! Backpressure: a redirected skb leaves the source's receive memory at once and waits in
+//! the peer's psock queue, charged to no socket, so TCP keeps the sender's window open and a
+//! slow receiver lets the kernel queue without bound. Each handoff therefore grants
+//! [`CREDIT`] bytes beyond what the peer's send queue has taken. Out of credit, the verdict
+//! passes; the next pass wakes this loop, which relays those bytes only once the psock queue
+//! is empty and the peer's send buffer takes them (so it blocks with a slow receiver, the
+//! source's receive queue fills and TCP closes its window), then grants new credit. A fast
+//! receiver costs one relayed skb per [`CREDIT`] bytes.
 
 use std::{
     io,
@@ -35,6 +44,10 @@ const UNREAD_LIMIT: u64 = 1 << 20;
 /// A `go` that the verdict's `passed` count never reaches: every byte passes.
 const NOT_YET: u64 = u64::MAX;
 
+/// The credit of each handoff: bytes the verdict may redirect into the peer beyond what its
+/// send queue has taken. It bounds the peer's psock queue, the memory TCP cannot see.
+const CREDIT: u64 = 8 << 20;
+
 /// The read buffer while bytes are passed to userspace (before the handoff completes, or
 /// after a failed redirect).
 const BUFFER: usize = 64 << 10;
@@ -46,8 +59,6 @@ pub(super) async fn run(
     moved: &Moved,
 ) -> End {
     both(
-        client.stream(),
-        upstream.stream(),
         direction(kernel, client, upstream, &moved.up, &moved.down),
         direction(kernel, upstream, client, &moved.down, &moved.up),
     )
@@ -104,9 +115,14 @@ async fn direction_inner(
             read.load(Relaxed)
         };
         if go != Some(want) {
+            let limit = match taken(dst.stream(), written) {
+                Ok(taken) => taken + CREDIT,
+                Err(err) => return End::from_io(&err),
+            };
             let handoff = Handoff {
                 peer: dst.cookie(),
                 go: want,
+                limit,
                 conn: src.conn(),
             };
             if let Err(err) = kernel.set_handoff(src.cookie(), handoff) {
@@ -161,6 +177,14 @@ async fn direction_inner(
             Err(err) => return End::from_io(&err),
         }
     }
+}
+
+/// How many redirected bytes `dst`'s send queue has taken: all it ever queued
+/// (`bytes_acked + SIOCOUTQ`) but the `written` bytes userspace wrote. The rest of the
+/// redirected bytes wait in its psock queue.
+fn taken(dst: &tokio::net::TcpStream, written: u64) -> io::Result<u64> {
+    let queued = sockopt::tcp_info(dst)?.bytes_acked + sockopt::send_queue(dst)?;
+    Ok(queued.saturating_sub(written))
 }
 
 /// Waits until `dst`'s send queue has taken everything meant for it: what userspace wrote

@@ -195,13 +195,12 @@ pub async fn run(cx: Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
     record.rule = decision.as_ref().and_then(|d| d.rule.clone());
     match result {
         Ok(upstream) => {
-            // From here on a close is orderly unless the datapath resets it.
-            let _ = sockopt::clear_linger(upstream.stream());
             record.action = Action::Allow;
             record.reason = decision.map_or_else(String::new, |d| d.reason.to_string());
             events::decision(&record);
             let stop = drain(cx.phase.clone());
-            let outcome = cx.datapath.splice(client, upstream, stop).await;
+            let idle = Some(cx.live.limits.idle_timeout);
+            let outcome = cx.datapath.splice(client, upstream, idle, stop).await;
             events::close(&events::Close {
                 conn,
                 bytes_up: outcome.bytes_up.saturating_sub(request_head),
