@@ -10,6 +10,57 @@ use plotters::{
 
 use super::{stats::median, suite::Plan};
 
+/// What the numbers were measured on: machine, kernel, peers' versions, and the command.
+pub fn machine() -> String {
+    let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let cpuinfo = read("/proc/cpuinfo");
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let meminfo = read("/proc/meminfo");
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / f64::from(1 << 20));
+    let version = |cmd: &str, arg: &str| {
+        std::process::Command::new(cmd)
+            .arg(arg)
+            .output()
+            .map(|o| {
+                let text = [o.stdout, o.stderr].concat();
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .to_owned()
+            })
+            .unwrap_or_default()
+    };
+    let rev = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(crate::exec::workspace_root())
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!(
+        "machine: {cpu}, {cores} cores, {mem_gib:.0} GiB; kernel {}\n\
+         peers: {}; {}; sockgate {rev}\n\
+         command: cargo xtask {}\n",
+        read("/proc/sys/kernel/osrelease").trim(),
+        version("haproxy", "-v"),
+        version("nginx", "-v"),
+        args.join(" "),
+    )
+}
+
 /// One system's samples, one per run (idle: per run where it applies).
 #[derive(Default)]
 pub struct Samples {

@@ -55,8 +55,8 @@ pub struct Args {
     /// Client threads of the connection-rate and idle tests.
     #[arg(long, default_value_t = 8)]
     clients: usize,
-    /// Idle connections held at once [9000; quick 1000]. Each costs a proxy two file
-    /// descriptors, and the bench two: at most (RLIMIT_NOFILE - 500) / 2.
+    /// Idle connections held at once [3000; quick 1000]. Each costs sockgate on splice six
+    /// file descriptors (two sockets, two pipes): at most (RLIMIT_NOFILE - 500) / 6.
     #[arg(long)]
     idle: Option<usize>,
     /// Where to write the SVG chart [target/bench/bench.svg].
@@ -87,7 +87,7 @@ impl Args {
             pings: self.pings.unwrap_or(if q { 2_000 } else { 20_000 }),
             rate_secs: self.rate_secs.unwrap_or(if q { 2.0 } else { 10.0 }),
             clients: self.clients,
-            idle: self.idle.unwrap_or(if q { 1_000 } else { 9_000 }),
+            idle: self.idle.unwrap_or(if q { 1_000 } else { 3_000 }),
         }
     }
 }
@@ -108,13 +108,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     crate::build::run(&crate::build::Args { release: true })?;
     let sockgate = crate::build::binary(true);
     let fds = raise_fd_limit()?;
-    // A proxy holds two sockets per idle connection, and so does the bench (client and
-    // server ends); keep both under the descriptor limit.
+    // sockgate on splice holds six descriptors per relayed connection (two sockets, two
+    // pipes), the others and the bench two; all must stay under the limit.
     ensure!(
-        2 * plan.idle as u64 + 500 <= fds,
+        6 * plan.idle as u64 + 500 <= fds,
         "--idle {} needs more than {fds} descriptors (RLIMIT_NOFILE): at most {}",
         plan.idle,
-        fds.saturating_sub(500) / 2
+        fds.saturating_sub(500) / 6
     );
 
     let dir = TempDir(std::env::temp_dir().join(format!("sockgate-bench-{}", std::process::id())));
@@ -186,6 +186,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 let fresh = Running::start(system.name, system.kind, &own, server.addr, &sockgate)?;
                 let per_conn = idle(&fresh, &client, &server, plan.idle, plan.clients)?;
                 r.idle_bytes.push(per_conn);
+                fresh.check_datapath()?;
             }
             check("the connection tests")?;
 
@@ -207,11 +208,19 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    let mut checked = String::new();
+    for system in &systems {
+        if let Some(summary) = system.check_datapath()? {
+            checked += &format!("{summary}\n");
+        }
+    }
     drop(systems);
 
     let names: Vec<&str> = SYSTEMS.iter().map(|s| s.0).collect();
+    print!("\n{}", report::machine());
     print!("{}", report::tables(&plan, &names, &results));
     print!("{}", report::targets(&names, &results));
+    print!("\n{checked}");
     let svg = args.svg.unwrap_or_else(|| {
         crate::exec::workspace_root()
             .join("target")

@@ -47,6 +47,8 @@ pub struct Running {
     pub kind: Kind,
     pub addr: SocketAddr,
     child: Option<Child>,
+    /// Where the system's stdout goes: sockgate's decision and close lines.
+    stdout: PathBuf,
 }
 
 impl Running {
@@ -64,6 +66,7 @@ impl Running {
                 kind,
                 addr: server,
                 child: None,
+                stdout: PathBuf::new(),
             });
         }
         let addr = free_port()?;
@@ -75,10 +78,11 @@ impl Running {
             Kind::Nginx => nginx_cmd(dir, addr, server)?,
         };
         let log = std::fs::File::create(dir.join("stderr.log"))?;
+        let stdout = dir.join("stdout.log");
         let child = cmd
             .stdin(Stdio::null())
-            // sockgate's two JSON lines per connection: written, and thrown away.
-            .stdout(Stdio::null())
+            // sockgate's two JSON lines per connection, kept to check the datapath.
+            .stdout(std::fs::File::create(&stdout)?)
             .stderr(log)
             .spawn()
             .with_context(|| format!("starting {name}: {cmd:?}"))?;
@@ -87,6 +91,7 @@ impl Running {
             kind,
             addr,
             child: Some(child),
+            stdout,
         };
         running.wait_listening(dir)?;
         Ok(running)
@@ -107,6 +112,31 @@ impl Running {
             thread::sleep(Duration::from_millis(50));
         }
         bail!("{} never listened on {}", self.name, self.addr)
+    }
+
+    /// sockgate only: checks that every relayed connection closed on the configured
+    /// datapath, and says how many did. Refused ones are the readiness probes.
+    pub fn check_datapath(&self) -> anyhow::Result<Option<String>> {
+        let Kind::Sockgate(datapath) = self.kind else {
+            return Ok(None);
+        };
+        let log = std::fs::read_to_string(&self.stdout)?;
+        let (mut relayed, mut refused) = (0u64, 0u64);
+        for line in log.lines().filter(|l| l.contains("\"event\":\"close\"")) {
+            match line
+                .split("\"datapath\":\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+            {
+                Some(path) if path == datapath => relayed += 1,
+                Some(path) => bail!("{}: a connection was relayed on {path}: {line}", self.name),
+                None => refused += 1,
+            }
+        }
+        Ok(Some(format!(
+            "{}: {relayed} connections relayed, all on {datapath}; {refused} refused",
+            self.name
+        )))
     }
 
     /// Resident memory of the process and its children (nginx's workers), in bytes.
