@@ -1,8 +1,8 @@
 //! `sockgate run`: the listeners, the shared config snapshot, and the lifecycle.
 //!
-//! SIGHUP reloads the config (an invalid one is refused and the old one stays), SIGTERM
-//! stops accepting and drains relayed connections for `shutdown_grace`, SIGINT stops at
-//! once. Every connection runs as a [`session`].
+//! SIGHUP reloads the config (an invalid one is refused and the old one stays), SIGUSR1
+//! writes a `stats` line, SIGTERM stops accepting and drains relayed connections for
+//! `shutdown_grace`, SIGINT stops at once. Every connection runs as a [`session`].
 
 use std::{
     collections::HashMap,
@@ -26,6 +26,7 @@ use tokio::{
 use crate::{
     config::{self, Config, ListenerConfig, ListenerKind},
     datapath::{DEFAULT_SEND_BUFFER, Datapath},
+    events,
     policy::Policy,
     session::{self, Context, ListenerInfo, Live, Phase},
     sockopt,
@@ -67,6 +68,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut usr1 = signal(SignalKind::user_defined1())?;
     let config = Config::load(&path)?;
     let live = live(&config)?;
     let mode = config.datapath;
@@ -93,12 +95,32 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let grace = loop {
         tokio::select! {
             _ = hup.recv() => reload(&agent, &path).await,
+            _ = usr1.recv() => stats(&agent),
             _ = term.recv() => break live_limits(&agent).shutdown_grace,
             _ = int.recv() => break Duration::ZERO,
         }
     };
     shutdown(&agent, grace).await;
     Ok(())
+}
+
+/// SIGUSR1: one `stats` line on the decision log.
+fn stats(agent: &Agent) {
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count());
+    let rss_kib = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0);
+    events::stats(&events::Stats {
+        accepted: agent.next_conn.load(Relaxed),
+        open: agent.active.load(Relaxed),
+        fds,
+        rss_kib,
+        maps: agent.datapath.kernel().map(|k| k.map_counts()),
+    });
 }
 
 fn live_limits(agent: &Agent) -> config::Limits {

@@ -34,7 +34,7 @@ pub enum LoadError {
 }
 
 /// Entry counts of the maps, for leak checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub struct MapCounts {
     pub socks: usize,
     pub handoff: usize,

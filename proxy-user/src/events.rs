@@ -107,6 +107,25 @@ pub fn close(c: &Close) {
     emit("close", c);
 }
 
+/// The `stats` line, written on SIGUSR1: what an operator checks for leaks.
+#[derive(Debug, Serialize)]
+pub struct Stats {
+    /// Connections accepted since start.
+    pub accepted: u64,
+    /// Connections open now, handshakes included.
+    pub open: usize,
+    /// Open file descriptors of the process.
+    pub fds: usize,
+    /// Resident memory of the process, in KiB.
+    pub rss_kib: u64,
+    /// Entries of the kernel maps; absent without the eBPF program.
+    pub maps: Option<crate::ebpf::MapCounts>,
+}
+
+pub fn stats(s: &Stats) {
+    emit("stats", s);
+}
+
 /// RFC 3339 in UTC with milliseconds, e.g. `2026-11-28T09:41:07.123Z`.
 pub fn timestamp(t: SystemTime) -> String {
     let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();

@@ -455,6 +455,24 @@ impl Agent {
         })
     }
 
+    /// Sends SIGUSR1 and returns the `stats` line it writes.
+    pub fn stats(&self) -> Value {
+        const STATS: &str = "\"event\":\"stats\"";
+        let before = self.stdout().matches(STATS).count();
+        self.signal(libc::SIGUSR1);
+        let mut line = None;
+        self.proc.stdout.wait_until(WAIT, |text| {
+            line = text
+                .lines()
+                .filter(|l| l.contains(STATS))
+                .nth(before)
+                .map(str::to_owned);
+            line.is_some()
+        });
+        let line = line.unwrap_or_else(|| panic!("no stats line within {WAIT:?}"));
+        serde_json::from_str(&line).expect("a stats line is JSON")
+    }
+
     /// Waits for an event matching `pred` and returns it.
     pub fn wait_event(&self, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
         self.wait_find(what, |events| events.iter().find(|e| pred(e)).cloned())
