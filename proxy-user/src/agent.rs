@@ -87,10 +87,10 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         start_listener(&agent, listener).await?;
     }
     log::info!(
-        "sockgate running: {} listeners, {} rules, datapath {:?}",
+        "sockgate running: {} listeners, {} rules, datapath {} ({mode:?})",
         config.listeners.len(),
         config.policy.rules.len(),
-        mode
+        agent.datapath.effective(),
     );
     let grace = loop {
         tokio::select! {

@@ -52,11 +52,24 @@ pub fn kick(fd: &impl AsRawFd) -> io::Result<()> {
     setsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, 1)
 }
 
+/// How [`set_send_buffer`] got its way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendBuffer {
+    /// SO_SNDBUFFORCE: the size asked for, above `net.core.wmem_max` if need be.
+    Forced,
+    /// SO_SNDBUFFORCE was refused (no CAP_NET_ADMIN); SO_SNDBUF capped it at `wmem_max`.
+    Capped,
+}
+
 /// Sets the send buffer, above `wmem_max` when we have CAP_NET_ADMIN.
-pub fn set_send_buffer(fd: &impl AsRawFd, bytes: usize) -> io::Result<()> {
+pub fn set_send_buffer(fd: &impl AsRawFd, bytes: usize) -> io::Result<SendBuffer> {
     let bytes = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, bytes)
-        .or_else(|_| setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes))
+    match setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, bytes) {
+        Ok(()) => Ok(SendBuffer::Forced),
+        Err(_) => {
+            setsockopt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, bytes).map(|()| SendBuffer::Capped)
+        }
+    }
 }
 
 /// Makes the next close send RST instead of FIN.

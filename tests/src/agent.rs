@@ -9,6 +9,7 @@
 use std::{
     fs,
     io::Read,
+    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::{
@@ -315,6 +316,55 @@ pub enum Reload {
     Refused,
 }
 
+/// The unprivileged user [`Agent::start_unprivileged`] runs as: `nobody`.
+pub const NOBODY: u32 = 65534;
+
+/// The `sockgate` binary run as an unprivileged user (`nobody`, uid 65534) holding exactly
+/// `caps` (setpriv names such as `"bpf"`), as ambient capabilities and as the whole
+/// bounding set: what a systemd unit with `User=`, `AmbientCapabilities=` and
+/// `CapabilityBoundingSet=` gives it. Add the subcommand and its arguments.
+pub fn unprivileged(caps: &[&str]) -> Command {
+    let bin = crate::sockgate_bin();
+    assert!(
+        reachable_by_others(&bin),
+        "{} is not executable by other users (a directory above it lacks o+x), so `nobody` \
+         cannot run it",
+        bin.display()
+    );
+    let set: String = std::iter::once("-all".to_owned())
+        .chain(caps.iter().map(|c| format!("+{c}")))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut cmd = Command::new(crate::programs::require("setpriv"));
+    cmd.arg(format!("--reuid={NOBODY}"))
+        .arg(format!("--regid={NOBODY}"))
+        .arg("--clear-groups")
+        .arg(format!("--inh-caps={set}"))
+        .arg(format!("--ambient-caps={set}"))
+        .arg(format!("--bounding-set={set}"))
+        .arg("--")
+        .arg(bin);
+    cmd
+}
+
+/// Writes `config` as `sockgate.toml` in `dir`, readable by an unprivileged agent
+/// whatever the umask.
+pub fn config_file(dir: &TempDir, config: &str) -> PathBuf {
+    let path = dir.join("sockgate.toml");
+    fs::write(&path, config).expect("writing the config");
+    for (p, mode) in [(dir.path(), 0o755), (path.as_path(), 0o644)] {
+        fs::set_permissions(p, fs::Permissions::from_mode(mode))
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", p.display()));
+    }
+    path
+}
+
+/// Whether every directory above `path` is searchable, and `path` executable, by others.
+fn reachable_by_others(path: &Path) -> bool {
+    let others_x = |p: &Path| fs::metadata(p).is_ok_and(|m| m.permissions().mode() & 0o001 != 0);
+    path.ancestors().all(others_x)
+}
+
 fn reload_lines(log: &str) -> usize {
     log.lines()
         .filter(|l| l.contains("] reloaded ") || l.contains("reload refused"))
@@ -325,16 +375,21 @@ impl Agent {
     /// Writes `config` (TOML) to a temp dir and starts sockgate on it in the calling
     /// thread's network namespace; returns once every listener is bound.
     pub fn start(config: &str) -> Self {
+        Self::start_with(config, Command::new(crate::sockgate_bin()))
+    }
+
+    /// Like [`Agent::start`], but as `nobody` with exactly `caps`; see [`unprivileged`].
+    pub fn start_unprivileged(config: &str, caps: &[&str]) -> Self {
+        Self::start_with(config, unprivileged(caps))
+    }
+
+    /// Starts `sockgate` as `cmd` (the binary, or a wrapper that runs it) with `run -c`.
+    fn start_with(config: &str, mut cmd: Command) -> Self {
         let dir = TempDir::new("agent");
-        let path = dir.join("sockgate.toml");
-        fs::write(&path, config).expect("writing the config");
+        let path = config_file(&dir, config);
         let proc = Proc::spawn(
             "sockgate",
-            Command::new(crate::sockgate_bin())
-                .arg("run")
-                .arg("-c")
-                .arg(&path)
-                .env("RUST_LOG", "info"),
+            cmd.arg("run").arg("-c").arg(&path).env("RUST_LOG", "info"),
             false,
         );
         let mut agent = Self {

@@ -34,8 +34,31 @@ use tokio::net::TcpStream;
 
 use crate::{
     ebpf::{Kernel, LoadError},
-    sockopt,
+    sockopt::{self, SendBuffer},
 };
+
+/// Warns once per process that send buffers could not be forced.
+static CAPPED_ONCE: std::sync::Once = std::sync::Once::new();
+
+/// A load error with its root cause (aya's `Display` leaves out the errno), and what to
+/// grant when the kernel said EPERM.
+fn explain(err: &LoadError) -> String {
+    let mut root: &dyn std::error::Error = err;
+    while let Some(source) = root.source() {
+        root = source;
+    }
+    let mut text = err.to_string();
+    if !std::ptr::addr_eq(root, err) {
+        text = format!("{text}: {root}");
+    }
+    let denied = root
+        .downcast_ref::<std::io::Error>()
+        .is_some_and(|e| e.raw_os_error() == Some(libc::EPERM));
+    if denied {
+        text.push_str("; the sockmap datapath needs CAP_BPF and CAP_NET_ADMIN, see SECURITY.md");
+    }
+    text
+}
 
 /// Which path connections should use (the config's `datapath`, `sockgate relay --datapath`).
 #[derive(
@@ -117,7 +140,10 @@ impl Datapath {
                 }
                 Err(err) if mode == Mode::Sockmap => return Err(err),
                 Err(err) => {
-                    log::warn!("eBPF program not loaded ({err}); relaying with splice(2)");
+                    log::warn!(
+                        "eBPF program not loaded ({}); relaying with splice(2)",
+                        explain(&err)
+                    );
                     None
                 }
             },
@@ -139,6 +165,15 @@ impl Datapath {
         self.mode
     }
 
+    /// The path connections take when both sockets can use it: what `auto` resolved to.
+    pub fn effective(&self) -> Path {
+        match (&self.kernel, self.mode) {
+            (Some(_), _) => Path::Sockmap,
+            (None, Mode::Copy) => Path::Copy,
+            (None, _) => Path::Splice,
+        }
+    }
+
     /// The kernel program, when this datapath uses it.
     pub fn kernel(&self) -> Option<&Arc<Kernel>> {
         self.kernel.as_ref()
@@ -147,10 +182,17 @@ impl Datapath {
     /// Takes a freshly accepted or connected socket of connection `conn`, before anything
     /// is read from it.
     pub fn adopt(&self, stream: TcpStream, conn: u64) -> Endpoint {
-        if self.send_buffer > 0
-            && let Err(err) = sockopt::set_send_buffer(&stream, self.send_buffer)
-        {
-            log::debug!("SO_SNDBUF: {err}");
+        if self.send_buffer > 0 {
+            match sockopt::set_send_buffer(&stream, self.send_buffer) {
+                Ok(SendBuffer::Forced) => {}
+                Ok(SendBuffer::Capped) => CAPPED_ONCE.call_once(|| {
+                    log::warn!(
+                        "SO_SNDBUFFORCE refused (it needs CAP_NET_ADMIN): send buffers stay \
+                         at net.core.wmem_max, which slows relaying"
+                    );
+                }),
+                Err(err) => log::debug!("SO_SNDBUF: {err}"),
+            }
         }
         let _ = stream.set_nodelay(true);
         let cookie = sockopt::cookie(&stream).unwrap_or(0);
