@@ -1,4 +1,4 @@
-//! `cargo xtask`: setup, build, run, test, bench and fuzz for sockgate.
+//! `cargo xtask`: setup, build, run, test, bench, fuzz and soak for sockgate.
 
 mod bench;
 mod build;
@@ -6,6 +6,7 @@ mod exec;
 mod fuzz;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use clap::{Parser, Subcommand};
@@ -31,6 +32,8 @@ enum Command {
     Bench(bench::Args),
     /// Run the cargo-fuzz targets.
     Fuzz(fuzz::Args),
+    /// Ten minutes of mixed, hash-verified traffic through sockgate, then a leak check.
+    Soak(soak::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -41,5 +44,6 @@ fn main() -> anyhow::Result<()> {
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Fuzz(args) => fuzz::run(args),
+        Command::Soak(args) => soak::run(args),
     }
 }
