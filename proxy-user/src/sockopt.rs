@@ -90,6 +90,15 @@ pub fn clear_linger(fd: &impl AsRawFd) -> io::Result<()> {
     setsockopt(fd, libc::SOL_SOCKET, libc::SO_LINGER, linger)
 }
 
+/// Free room in the send buffer, in the kernel's own accounting (`SO_MEMINFO`: the send
+/// buffer minus the memory queued for sending, skb overhead included).
+pub fn send_space(fd: &impl AsRawFd) -> io::Result<u64> {
+    let info: [u32; 9] = getsockopt(fd, libc::SOL_SOCKET, libc::SO_MEMINFO)?;
+    let sndbuf = info[libc::SK_MEMINFO_SNDBUF as usize];
+    let queued = info[libc::SK_MEMINFO_WMEM_QUEUED as usize];
+    Ok(u64::from(sndbuf.saturating_sub(queued)))
+}
+
 /// A buffer size as the kernel reports it (`SO_RCVBUF`, `SO_SNDBUF`: twice what was set).
 pub fn buffer(fd: &impl AsRawFd, which: libc::c_int) -> io::Result<u64> {
     let value: libc::c_int = getsockopt(fd, libc::SOL_SOCKET, which)?;

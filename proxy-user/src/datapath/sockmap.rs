@@ -12,12 +12,19 @@
 //!
 //! Backpressure: a redirected skb leaves the source's receive memory at once and waits in
 //! the peer's psock queue, charged to no socket, so TCP keeps the sender's window open and a
-//! slow receiver lets the kernel queue without bound. Each handoff therefore grants
-//! [`CREDIT`] bytes beyond what the peer's send queue has taken. Out of credit, the verdict
-//! passes; the next pass wakes this loop, which relays those bytes only once the psock queue
-//! is empty and the peer's send buffer takes them (so it blocks with a slow receiver, the
-//! source's receive queue fills and TCP closes its window), then grants new credit. A fast
-//! receiver costs one relayed skb per [`CREDIT`] bytes.
+//! slow receiver lets the kernel queue without bound. Each handoff therefore grants credit:
+//! bytes the verdict may redirect beyond what the peer's send queue has taken, at most
+//! [`CREDIT`] and at most what the peer's send buffer has room for. Out of credit, the
+//! verdict passes; the next pass wakes this loop, which relays those bytes only once the
+//! psock queue is empty and the peer's send buffer takes them (so it blocks with a slow
+//! receiver, the source's receive queue fills and TCP closes its window), then grants new
+//! credit. A fast receiver costs one relayed skb per [`CREDIT`] bytes.
+//!
+//! The send-buffer bound keeps psock queues empty, and that matters to the other direction:
+//! a passed skb is charged to its socket's receive memory (closing the window) only when
+//! that socket's psock queue is empty. Behind redirected skbs waiting there for send-buffer
+//! room it queues uncharged (sk_psock_verdict_apply, net/core/skmsg.c), and passing would
+//! push back on nothing.
 
 use std::{
     io,
@@ -115,8 +122,8 @@ async fn direction_inner(
             read.load(Relaxed)
         };
         if go != Some(want) {
-            let limit = match taken(dst.stream(), written) {
-                Ok(taken) => taken + CREDIT,
+            let limit = match credit_limit(dst.stream(), written) {
+                Ok(limit) => limit,
                 Err(err) => return End::from_io(&err),
             };
             let handoff = Handoff {
@@ -179,12 +186,13 @@ async fn direction_inner(
     }
 }
 
-/// How many redirected bytes `dst`'s send queue has taken: all it ever queued
-/// (`bytes_acked + SIOCOUTQ`) but the `written` bytes userspace wrote. The rest of the
-/// redirected bytes wait in its psock queue.
-fn taken(dst: &tokio::net::TcpStream, written: u64) -> io::Result<u64> {
+/// The `limit` of a new handoff into `dst`: the redirected bytes its send queue has taken
+/// (all it ever queued, `bytes_acked + SIOCOUTQ`, but the `written` bytes userspace wrote),
+/// plus the credit. Half the free send buffer: the kernel counts skb overhead too.
+fn credit_limit(dst: &tokio::net::TcpStream, written: u64) -> io::Result<u64> {
     let queued = sockopt::tcp_info(dst)?.bytes_acked + sockopt::send_queue(dst)?;
-    Ok(queued.saturating_sub(written))
+    let credit = CREDIT.min(sockopt::send_space(dst)? / 2);
+    Ok(queued.saturating_sub(written) + credit)
 }
 
 /// Waits until `dst`'s send queue has taken everything meant for it: what userspace wrote
