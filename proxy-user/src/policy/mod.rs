@@ -203,7 +203,7 @@ impl Policy {
                 return Err(PolicyError {
                     rule: RuleRef {
                         index,
-                        name: rule_config.name.clone(),
+                        name: rule_config.name.map(str::to_owned),
                     },
                     field: "name",
                     problem: RuleProblem::TooMany { max: MAX_RULES },
@@ -234,9 +234,7 @@ impl Policy {
                 policy.conditions.push(rule.conditions);
                 u32::try_from(policy.conditions.len() - 1).expect("checked against MAX_RULES")
             };
-            policy
-                .names
-                .push_str(rule_config.name.as_deref().unwrap_or_default());
+            policy.names.push_str(rule_config.name.unwrap_or_default());
             let name_end = u32::try_from(policy.names.len()).expect("rule names below 4 GiB");
             policy.rules.push(Compiled {
                 action: rule.action,
@@ -373,7 +371,7 @@ fn check_names(config: &PolicyConfig) -> Result<(), PolicyError> {
         .rules
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| Some((r.name.as_deref()?, i)))
+        .filter_map(|(i, r)| Some((r.name?, i)))
         .collect();
     named.sort_unstable();
     for pair in named.windows(2) {

@@ -14,7 +14,7 @@ fn rule(name: &str, action: &str, fqdn: &[&str]) -> RuleConfig {
 
 fn policy(rules: Vec<RuleConfig>) -> Policy {
     Policy::compile(&PolicyConfig {
-        rules,
+        rules: rules.into(),
         ..PolicyConfig::default()
     })
     .unwrap()
@@ -67,7 +67,7 @@ fn invalid_names_are_denied_whatever_the_rules() {
     any.fqdn = None;
     let p = Policy::compile(&PolicyConfig {
         default: Action::Allow,
-        rules: vec![any],
+        rules: vec![any].into(),
         ..PolicyConfig::default()
     })
     .unwrap();
@@ -152,7 +152,7 @@ fn no_name_uses_name_less_rules_then_no_sni() {
     ssh.protocols = Some(vec!["ssh".into(), "none".into()]);
     let p = Policy::compile(&PolicyConfig {
         no_sni: Action::Allow,
-        rules: vec![ssh],
+        rules: vec![ssh].into(),
         ..PolicyConfig::default()
     })
     .unwrap();
@@ -184,7 +184,7 @@ fn no_name_uses_name_less_rules_then_no_sni() {
 fn errors_name_the_rule_and_the_field() {
     let err = |rules: Vec<RuleConfig>| {
         Policy::compile(&PolicyConfig {
-            rules,
+            rules: rules.into(),
             ..PolicyConfig::default()
         })
         .unwrap_err()
@@ -267,11 +267,11 @@ proptest! {
         names in prop::collection::vec(prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "com"]), 1..5), 1..20),
         port in prop::sample::select(vec![22u16, 443, 80]),
     ) {
-        let config = PolicyConfig { rules: rules.clone(), ..PolicyConfig::default() };
+        let config = PolicyConfig { rules: rules.clone().into(), ..PolicyConfig::default() };
         let p = Policy::compile(&config).unwrap();
         for name in names.iter().map(|l| l.join(".")) {
             let q = Query { fqdn: Some(&name), source: None, port: Some(port), protocol: Protocol::Tls };
-            let want = rules.iter().position(|r| {
+            let want = config.rules.iter().position(|r| {
                 let parsed = Rule::parse(0, r).unwrap();
                 let name_ok = parsed.patterns.as_ref().is_none_or(|ps| ps.iter().any(|p| p.matches(&name)));
                 name_ok && parsed.conditions.matches(None, Some(port), Protocol::Tls)
