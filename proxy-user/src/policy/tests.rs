@@ -287,6 +287,7 @@ fn short_and_long_rule_names_come_back_whole() {
     let long = "a-rather-long-rule-name-stored-apart";
     let p = policy(vec![
         rule("elevenchars", "allow", &["a.test"]),
+        rule("ten-chars!", "allow", &["f.test"]),
         rule(long, "allow", &["b.test"]),
         rule("twelve-chars", "deny", &["c.test"]),
         RuleConfig {
@@ -300,6 +301,8 @@ fn short_and_long_rule_names_come_back_whole() {
     assert_eq!(name("a.test").as_deref(), Some("elevenchars"));
     assert_eq!(name("b.test").as_deref(), Some(long));
     assert_eq!(name("c.test").as_deref(), Some("twelve-chars"));
-    assert_eq!(name("d.test").as_deref(), Some("#4"));
+    assert_eq!(name("d.test").as_deref(), Some("#5"));
     assert_eq!(name("e.test").as_deref(), Some("ünïcödé-näme"));
+    // The longest name kept inside the rule's record.
+    assert_eq!(name("f.test").as_deref(), Some("ten-chars!"));
 }

@@ -92,6 +92,14 @@ pub struct NameTrie {
 }
 
 impl NameTrie {
+    /// An empty trie with room for about `nodes` nodes.
+    pub fn with_capacity(nodes: usize) -> NameTrie {
+        NameTrie {
+            nodes: Table::with_capacity(nodes),
+            ..NameTrie::default()
+        }
+    }
+
     /// Adds rule `rule` to the `slot` list of the node for `name` (a normalised name).
     /// Rules must be added in ascending order; `unconditional` says the rule has no
     /// conditions besides the name, which closes the list to later rules.
@@ -215,6 +223,18 @@ struct Table {
 }
 
 impl Table {
+    /// Room for `nodes` nodes before the table grows.
+    fn with_capacity(nodes: usize) -> Table {
+        if nodes == 0 {
+            return Table::default();
+        }
+        let slots = (nodes * 5 / 4 + 1).next_power_of_two().max(16);
+        Table {
+            slots: super::huge_pages::filled(slots, Node::default()),
+            len: 0,
+        }
+    }
+
     fn slot(&self, hash: u64) -> Option<usize> {
         let mask = self.slots.len().checked_sub(1)?;
         // The low bits pick the slot.
@@ -241,7 +261,7 @@ impl Table {
         // At most 80% full: linear probing slows down sharply beyond.
         if (self.len + 1) * 5 > self.slots.len() * 4 {
             let old = std::mem::take(&mut self.slots);
-            self.slots = huge_page_vec((old.len() * 2).max(16));
+            self.slots = super::huge_pages::filled((old.len() * 2).max(16), Node::default());
             for n in old.into_iter().filter(|n| n.hash != 0) {
                 self.place(n);
             }
@@ -258,30 +278,6 @@ impl Table {
         }
         self.slots[i] = node;
     }
-}
-
-/// `len` empty slots. A large table is asked to live on transparent huge pages before it is
-/// touched: lookups hit random slots, and with 4 KiB pages each one would also miss the TLB.
-fn huge_page_vec(len: usize) -> Vec<Node> {
-    let mut v: Vec<Node> = Vec::with_capacity(len);
-    let bytes = len * size_of::<Node>();
-    if bytes >= 4 << 20 {
-        // madvise wants a page-aligned start; malloc's large blocks start just past a header.
-        let start = v.as_ptr() as usize;
-        let aligned = start.next_multiple_of(4096);
-        // SAFETY: the range lies inside the vector's own allocation (capacity `len`, not yet
-        // touched), and MADV_HUGEPAGE only changes how the kernel backs it, not its contents
-        // or validity. Failure (THP disabled) is harmless and ignored.
-        unsafe {
-            libc::madvise(
-                aligned as *mut libc::c_void,
-                start + bytes - aligned,
-                libc::MADV_HUGEPAGE,
-            );
-        }
-    }
-    v.resize(len, Node::default());
-    v
 }
 
 /// `rules` with `rule` appended, unless a rule without conditions already closes it or
@@ -345,6 +341,20 @@ mod tests {
         assert_eq!(lists(&t, "com"), Vec::<Vec<u32>>::new());
         assert_eq!(lists(&t, "gitlab.com"), [vec![3]]);
         assert_eq!(lists(&t, "github.org"), Vec::<Vec<u32>>::new());
+    }
+
+    #[test]
+    fn a_presized_trie_grows_past_its_size() {
+        let mut t = NameTrie::with_capacity(2);
+        let slots = t.nodes.slots.len();
+        for i in 0..100 {
+            t.insert_ok(&format!("n{i}.com"), Slot::Exact, i, true);
+        }
+        assert!(t.nodes.slots.len() > slots);
+        for i in 0..100 {
+            assert_eq!(lists(&t, &format!("n{i}.com")), [vec![i]]);
+        }
+        assert!(NameTrie::with_capacity(0).nodes.slots.is_empty());
     }
 
     #[test]
