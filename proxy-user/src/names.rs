@@ -39,11 +39,69 @@ pub enum NameError {
 
 /// Normalises and validates `name`; see the module docs.
 pub fn normalize(name: &str) -> Result<String, NameError> {
-    match normalize_plain(name) {
-        Some(normal) => Ok(normal),
-        None => normalize_general(name),
+    NormalName::new(name).map(|n| n.as_str().to_owned())
+}
+
+/// A normalised name held inline, so that normalising one (every SNI goes through here on
+/// the way to the policy) allocates nothing. Only ASCII is ever written to it.
+#[derive(Clone, Copy)]
+pub struct NormalName {
+    /// How many bytes of `bytes` are the name.
+    len: u8,
+    /// The name, then unused bytes.
+    bytes: [u8; MAX_NAME_LEN],
+}
+
+impl NormalName {
+    /// Normalises and validates `name`; see the module docs.
+    pub fn new(name: &str) -> Result<NormalName, NameError> {
+        if let Some(normal) = normalize_plain(name) {
+            return Ok(normal);
+        }
+        // Internationalised or invalid names: rare, and allowed to allocate.
+        let general = normalize_general(name)?;
+        let mut normal = NormalName::EMPTY;
+        normal.bytes[..general.len()].copy_from_slice(general.as_bytes());
+        normal.len = u8::try_from(general.len()).expect("validated: at most 253 bytes");
+        Ok(normal)
+    }
+
+    const EMPTY: NormalName = NormalName {
+        len: 0,
+        bytes: [0; MAX_NAME_LEN],
+    };
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        let bytes = &self.bytes[..usize::from(self.len)];
+        debug_assert!(bytes.is_ascii());
+        // SAFETY: only ASCII bytes are written below `len` (by `normalize_plain`, or
+        // copied from `normalize_general`'s validated ASCII result).
+        unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 }
+
+impl std::ops::Deref for NormalName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for NormalName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq for NormalName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for NormalName {}
 
 /// [`normalize`] for any name.
 fn normalize_general(name: &str) -> Result<String, NameError> {
@@ -72,7 +130,7 @@ fn normalize_general(name: &str) -> Result<String, NameError> {
 /// ASCII letters, digits, hyphens, underscores and dots, without A-labels. `None` sends the
 /// name down the general path (which also gives every error, so errors do not depend on
 /// which path saw the name first).
-fn normalize_plain(name: &str) -> Option<String> {
+fn normalize_plain(name: &str) -> Option<NormalName> {
     let name = name.strip_suffix('.').unwrap_or(name);
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() > MAX_NAME_LEN {
@@ -80,16 +138,19 @@ fn normalize_plain(name: &str) -> Option<String> {
     }
     let plain_label =
         |label: &[u8]| (1..=MAX_LABEL_LEN).contains(&label.len()) && !is_a_label(label);
+    let mut normal = NormalName::EMPTY;
     let mut label_start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    for (i, (&b, out)) in bytes.iter().zip(&mut normal.bytes).enumerate() {
         match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => {}
             b'.' if plain_label(&bytes[label_start..i]) => label_start = i + 1,
             _ => return None,
         }
+        *out = b.to_ascii_lowercase();
     }
     let last = &bytes[label_start..];
-    (plain_label(last) && !is_number(last)).then(|| name.to_ascii_lowercase())
+    normal.len = bytes.len() as u8;
+    (plain_label(last) && !is_number(last)).then_some(normal)
 }
 
 /// Whether a label starts with the ACE prefix `xn--` (any case).
@@ -226,7 +287,8 @@ mod tests {
         #[test]
         fn the_fast_path_agrees(name in "[a-zA-Z0-9_.-]{0,70}|(xn--)?[a-z]{1,3}(\\.[0-9]{1,3}){0,2}\\.?") {
             if let Some(fast) = normalize_plain(&name) {
-                prop_assert_eq!(normalize_general(&name), Ok(fast));
+                let general = normalize_general(&name);
+                prop_assert_eq!(general.as_deref(), Ok(fast.as_str()));
             }
         }
 

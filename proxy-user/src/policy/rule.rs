@@ -119,7 +119,7 @@ impl Conditions {
 }
 
 /// The bit of `p` in a protocol set.
-fn protocol_bit(p: Protocol) -> u8 {
+pub(super) fn protocol_bit(p: Protocol) -> u8 {
     let i = Protocol::ALL.iter().position(|q| *q == p).unwrap_or(0);
     1 << i
 }
