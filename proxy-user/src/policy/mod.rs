@@ -28,7 +28,7 @@ pub use rule::{Conditions, PolicyError, Rule, RuleProblem, RuleRef};
 use trie::{Candidate, MAX_RULES, NameTrie, Slot};
 
 use crate::config::{DenyWith, PolicyConfig};
-use crate::names::{NameError, NormalName};
+use crate::names::{self, NameError, Normal};
 use crate::tls::Protocol;
 
 /// What to do with a connection.
@@ -179,8 +179,8 @@ impl serde::Serialize for RuleName<'_> {
     reason = "the name is inline so that deciding allocates nothing; boxing it would not"
 )]
 pub enum Fqdn<'a> {
-    /// The normalised name, held inline.
-    Normal(NormalName),
+    /// The normalised name.
+    Normal(Normal<'a>),
     /// An invalid name, as given.
     Invalid(&'a str),
 }
@@ -380,7 +380,7 @@ impl Policy {
                 },
             };
         };
-        let name = match NormalName::new(given) {
+        let name = match names::normal_form(given) {
             Ok(name) => name,
             Err(why) => {
                 return Decision {
