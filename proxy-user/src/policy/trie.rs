@@ -257,7 +257,9 @@ impl<S: BuildHasher> NameTrie<S> {
                 hash = self.name_hash(hash, label);
                 let tag = tag(hash);
                 let home = self.nodes.home(tag);
+                // The probe may go on to the next slot, which may start the next line.
                 self.nodes.prefetch(home);
+                self.nodes.prefetch(self.nodes.next(home));
                 *level = Level { tag, home, label };
                 count += 1;
             }
