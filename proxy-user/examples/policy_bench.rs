@@ -9,8 +9,9 @@
 //!   (VmHWM, so the file's text and the parsed config count) and what the loaded policy
 //!   keeps resident once they are dropped;
 //! - times `Policy::decide` one call at a time over random names, half of them hits, and
-//!   prints p50/p99/p99.9/max. Each sample includes one `Instant::now()` pair, whose cost
-//!   is measured and printed too. The names sit back to back in one buffer read in order,
+//!   prints p50/p99/p99.9/max, overall and by kind of name (which pattern kind a hit
+//!   matches, whether its rule has a condition; which level a miss stops at). Each sample
+//!   includes one `Instant::now()` pair, whose cost is measured and printed too. The names sit back to back in one buffer read in order,
 //!   as a server name sits in the ClientHello just read: the lookup's own cache misses
 //!   count, not those of fetching a name from a random heap block.
 //!
@@ -39,28 +40,47 @@ fn pattern(i: usize) -> String {
     }
 }
 
-/// A name that rule `i` matches.
-fn hit(i: usize, salt: usize) -> String {
+/// Whether rule `i` has a ports condition.
+fn has_ports(i: usize) -> bool {
+    i.is_multiple_of(50)
+}
+
+/// The kinds of names looked up, as `hit` and `miss` label them.
+const KINDS: &[&str] = &[
+    "hit exact",
+    "hit *.wildcard",
+    "hit .suffix itself",
+    "hit below .suffix",
+    "hit rule with port",
+    "miss, known zone",
+    "miss, unknown zone",
+];
+
+/// A name that rule `i` matches, and its kind.
+fn hit(i: usize, salt: usize) -> (String, &'static str) {
     let base = format!("svc{i}.zone{}.{}", i % ZONES, TLDS[i % TLDS.len()]);
-    match i % 3 {
-        0 => base,
-        1 => format!("host{salt}.{base}"),
-        _ if salt.is_multiple_of(2) => base,
-        _ => format!("api.v{salt}.{base}"),
-    }
+    let (name, kind) = match i % 3 {
+        0 => (base, KINDS[0]),
+        1 => (format!("host{salt}.{base}"), KINDS[1]),
+        _ if salt.is_multiple_of(2) => (base, KINDS[2]),
+        _ => (format!("api.v{salt}.{base}"), KINDS[3]),
+    };
+    (name, if has_ports(i) { KINDS[4] } else { kind })
 }
 
 /// A name no rule matches: an unknown service in a known zone, or an unknown zone.
-fn miss(n: usize, salt: usize) -> String {
+fn miss(n: usize, salt: usize) -> (String, &'static str) {
     if salt.is_multiple_of(2) {
-        format!(
+        let name = format!(
             "svc{}.zone{}.{}",
             n + salt,
             salt % ZONES,
             TLDS[salt % TLDS.len()]
-        )
+        );
+        (name, KINDS[5])
     } else {
-        format!("www.nozone{salt}.{}", TLDS[salt % TLDS.len()])
+        let name = format!("www.nozone{salt}.{}", TLDS[salt % TLDS.len()]);
+        (name, KINDS[6])
     }
 }
 
@@ -70,11 +90,7 @@ fn config_text(n: usize) -> String {
     let mut text = String::from("[policy]\ndefault = \"deny\"\n");
     for i in 0..n {
         let action = if i.is_multiple_of(4) { "deny" } else { "allow" };
-        let ports = if i.is_multiple_of(50) {
-            "ports = [443]\n"
-        } else {
-            ""
-        };
+        let ports = if has_ports(i) { "ports = [443]\n" } else { "" };
         let _ = write!(
             text,
             "\n[[policy.rule]]\nname = \"r{i}\"\naction = \"{action}\"\nfqdn = [\"{}\"]\n{ports}",
@@ -198,27 +214,42 @@ fn measure(path: &Path, n: usize, lookups: usize) {
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let (mut text, mut names) = (String::new(), Vec::with_capacity(lookups));
     for k in 0..lookups {
-        let (name, hit) = if rng.below(2) == 0 {
-            (hit(rng.below(n), k), true)
+        let (hit, (name, kind)) = if rng.below(2) == 0 {
+            (true, hit(rng.below(n), k))
         } else {
-            (miss(n, rng.below(1 << 20)), false)
+            (false, miss(n, rng.below(1 << 20)))
         };
-        names.push((text.len()..text.len() + name.len(), hit));
+        names.push((text.len()..text.len() + name.len(), hit, kind));
         text.push_str(&name);
     }
     // Warm up caches and the branch predictor, and check that hits hit and misses miss.
-    for (span, expect_hit) in names.iter().take(100_000) {
+    for (span, expect_hit, _) in names.iter().take(100_000) {
         let name = &text[span.clone()];
         let d = policy.decide(&query(name));
         assert_eq!(d.reason == Reason::Rule, *expect_hit, "{name}: {d:?}");
     }
     let mut samples = Vec::with_capacity(lookups);
-    for (span, _) in &names {
+    for (span, _, _) in &names {
         let name = &text[span.clone()];
         let start = Instant::now();
         black_box(policy.decide(black_box(&query(name))));
         samples.push(start.elapsed());
     }
+    let by_kind: Vec<(&str, usize, u128, u128)> = KINDS
+        .iter()
+        .map(|kind| {
+            let mut of_kind: Vec<Duration> = (samples.iter().zip(&names))
+                .filter(|(_, (_, _, k))| k == kind)
+                .map(|(d, _)| *d)
+                .collect();
+            of_kind.sort_unstable();
+            let (p50, p99) = (
+                percentile(&of_kind, 0.50).as_nanos(),
+                percentile(&of_kind, 0.99).as_nanos(),
+            );
+            (*kind, of_kind.len(), p50, p99)
+        })
+        .collect();
     samples.sort_unstable();
     // What an empty sample measures: the timer's own cost, included in every sample.
     let mut empty: Vec<Duration> = (0..lookups.min(1_000_000))
@@ -229,7 +260,7 @@ fn measure(path: &Path, n: usize, lookups: usize) {
         })
         .collect();
     empty.sort_unstable();
-    let hits = names.iter().filter(|(_, h)| *h).count();
+    let hits = names.iter().filter(|(_, h, _)| *h).count();
 
     let (p50, p99) = (
         percentile(&samples, 0.50).as_nanos(),
@@ -273,6 +304,9 @@ fn measure(path: &Path, n: usize, lookups: usize) {
         percentile(&samples, 0.999).as_nanos(),
         samples.last().map_or(0, Duration::as_nanos),
     );
+    for (kind, count, p50, p99) in by_kind {
+        println!("  {kind:<20} {count:>7} lookups: p50 {p50} ns, p99 {p99} ns");
+    }
     println!(
         "timer overhead:   p50 {} ns, p99 {} ns (an empty sample; included above)",
         percentile(&empty, 0.50).as_nanos(),
