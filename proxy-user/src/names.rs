@@ -39,11 +39,109 @@ pub enum NameError {
 
 /// Normalises and validates `name`; see the module docs.
 pub fn normalize(name: &str) -> Result<String, NameError> {
-    match normalize_plain(name) {
-        Some(normal) => Ok(normal),
-        None => normalize_general(name),
+    normal_form(name).map(|n| n.to_string())
+}
+
+/// Normalises and validates `name` without allocating (every SNI goes through here on the
+/// way to the policy): a name given in normal form, as most are, is borrowed; another is
+/// rewritten inline.
+pub fn normal_form(name: &str) -> Result<Normal<'_>, NameError> {
+    if let Some(normal) = normalize_plain(name) {
+        return Ok(normal);
+    }
+    // Internationalised or invalid names: rare, and allowed to allocate.
+    let general = normalize_general(name)?;
+    Ok(Normal::Rewritten(NormalName::copy(&general)))
+}
+
+/// A name in normal form; see [`normal_form`]. Derefs to the name.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "inline, so that normalising allocates nothing; boxing it would"
+)]
+pub enum Normal<'a> {
+    /// The name as given, which is in normal form.
+    Given(&'a str),
+    /// The name rewritten in normal form.
+    Rewritten(NormalName),
+}
+
+impl std::ops::Deref for Normal<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Normal::Given(name) => name,
+            Normal::Rewritten(name) => name,
+        }
     }
 }
+
+impl std::fmt::Display for Normal<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl std::fmt::Debug for Normal<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+/// A normalised name held inline. Only ASCII is ever written to it.
+#[derive(Clone, Copy)]
+pub struct NormalName {
+    /// How many bytes of `bytes` are the name.
+    len: u8,
+    /// The name, then unused bytes.
+    bytes: [u8; MAX_NAME_LEN],
+}
+
+impl NormalName {
+    /// A copy of `name`, which is ASCII and at most `MAX_NAME_LEN` long.
+    fn copy(name: &str) -> NormalName {
+        debug_assert!(name.is_ascii());
+        let mut normal = NormalName {
+            len: u8::try_from(name.len()).expect("validated: at most 253 bytes"),
+            bytes: [0; MAX_NAME_LEN],
+        };
+        normal.bytes[..name.len()].copy_from_slice(name.as_bytes());
+        normal
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        let bytes = &self.bytes[..usize::from(self.len)];
+        debug_assert!(bytes.is_ascii());
+        // SAFETY: only ASCII bytes are written below `len` (`copy` is only given validated
+        // ASCII names).
+        unsafe { std::str::from_utf8_unchecked(bytes) }
+    }
+}
+
+impl std::ops::Deref for NormalName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Debug for NormalName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq for NormalName {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for NormalName {}
 
 /// [`normalize`] for any name.
 fn normalize_general(name: &str) -> Result<String, NameError> {
@@ -69,27 +167,37 @@ fn normalize_general(name: &str) -> Result<String, NameError> {
 }
 
 /// The common case in one pass, since every SNI goes through here: a valid name made of
-/// ASCII letters, digits, hyphens, underscores and dots, without A-labels. `None` sends the
-/// name down the general path (which also gives every error, so errors do not depend on
-/// which path saw the name first).
-fn normalize_plain(name: &str) -> Option<String> {
-    let name = name.strip_suffix('.').unwrap_or(name);
+/// ASCII letters, digits, hyphens, underscores and dots, without A-labels; borrowed if it
+/// is already lowercase without a trailing dot. `None` sends the name down the general
+/// path (which also gives every error, so errors do not depend on which path saw the name
+/// first).
+fn normalize_plain(given: &str) -> Option<Normal<'_>> {
+    let name = given.strip_suffix('.').unwrap_or(given);
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() > MAX_NAME_LEN {
         return None;
     }
     let plain_label =
         |label: &[u8]| (1..=MAX_LABEL_LEN).contains(&label.len()) && !is_a_label(label);
-    let mut label_start = 0;
+    let (mut label_start, mut upper) = (0, false);
     for (i, &b) in bytes.iter().enumerate() {
         match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' => {}
+            b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' => {}
+            b'A'..=b'Z' => upper = true,
             b'.' if plain_label(&bytes[label_start..i]) => label_start = i + 1,
             _ => return None,
         }
     }
     let last = &bytes[label_start..];
-    (plain_label(last) && !is_number(last)).then(|| name.to_ascii_lowercase())
+    if !plain_label(last) || is_number(last) {
+        return None;
+    }
+    if !upper && name.len() == given.len() {
+        return Some(Normal::Given(given));
+    }
+    let mut normal = NormalName::copy(name);
+    normal.bytes[..bytes.len()].make_ascii_lowercase();
+    Some(Normal::Rewritten(normal))
 }
 
 /// Whether a label starts with the ACE prefix `xn--` (any case).
@@ -190,6 +298,25 @@ mod tests {
     }
 
     #[test]
+    fn names_in_normal_form_are_borrowed() {
+        let given = |name| matches!(normal_form(name), Ok(Normal::Given(n)) if n == name);
+        assert!(given("api.github.com"));
+        assert!(given("_dmarc.example.com"));
+        // A-labels are checked on the general path, which rewrites.
+        assert!(!given("xn--bcher-kva.example"));
+        assert!(!given("API.github.com"));
+        assert!(!given("api.github.com."));
+        assert_eq!(
+            normal_form("API.GitHub.com.").as_deref(),
+            Ok("api.github.com")
+        );
+        assert_eq!(
+            normal_form("bücher.example").as_deref(),
+            Ok("xn--bcher-kva.example")
+        );
+    }
+
+    #[test]
     fn refused_names() {
         let bad = |name: &str, why| assert_eq!(normalize(name), Err(why), "{name:?}");
         bad("", NameError::EmptyName);
@@ -226,7 +353,8 @@ mod tests {
         #[test]
         fn the_fast_path_agrees(name in "[a-zA-Z0-9_.-]{0,70}|(xn--)?[a-z]{1,3}(\\.[0-9]{1,3}){0,2}\\.?") {
             if let Some(fast) = normalize_plain(&name) {
-                prop_assert_eq!(normalize_general(&name), Ok(fast));
+                let general = normalize_general(&name);
+                prop_assert_eq!(general.as_deref(), Ok(&*fast));
             }
         }
 

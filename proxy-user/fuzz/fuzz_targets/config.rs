@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
             protocol: Protocol::Tls,
         });
         if let Some(rule) = d.rule {
-            assert!(!rule.is_empty());
+            assert!(!rule.to_string().is_empty());
         }
     }
 });

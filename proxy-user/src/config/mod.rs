@@ -5,10 +5,12 @@
 //! not silently fall back to a default.
 
 pub mod duration;
+mod fast_path;
 mod limits;
 mod listener;
 mod policy;
 mod resolver;
+mod rules;
 
 use std::fmt;
 use std::path::Path;
@@ -21,6 +23,7 @@ pub use limits::{LimitError, Limits, MAX_CLIENT_HELLO, MIN_CLIENT_HELLO};
 pub use listener::{ListenerConfig, ListenerError, ListenerKind, ListenerMode, ListenerProblem};
 pub use policy::{DenyWith, PolicyConfig, RuleConfig};
 pub use resolver::{NameServer, ResolverConfig, ResolverError};
+pub use rules::{Ints, RuleList, RuleView, Strs};
 
 use crate::policy::PolicyError;
 
@@ -119,11 +122,16 @@ impl Config {
 
     /// Parses and validates config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let config: Config = toml::from_str(text).map_err(|e| ConfigError::Syntax {
-            origin: origin.to_owned(),
-            position: Position::of(text, e.span().map_or(0, |s| s.start)),
-            message: e.message().trim_end().replace('\n', "; "),
-        })?;
+        // The fast path reads big policies in seconds; anything it is unsure of, errors
+        // included, goes through `toml` whole.
+        let config = match fast_path::parse(text) {
+            Some(config) => config,
+            None => toml::from_str(text).map_err(|e| ConfigError::Syntax {
+                origin: origin.to_owned(),
+                position: Position::of(text, e.span().map_or(0, |s| s.start)),
+                message: e.message().trim_end().replace('\n', "; "),
+            })?,
+        };
         config.validate()?;
         Ok(config)
     }

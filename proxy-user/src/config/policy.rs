@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use super::rules::RuleList;
 use crate::policy::Action;
 
 /// `[policy]`: the default, and the rules in file order.
@@ -22,7 +23,7 @@ pub struct PolicyConfig {
     pub deny_with: DenyWith,
     /// `[[policy.rule]]`, in file order; the first match wins.
     #[serde(default, rename = "rule")]
-    pub rules: Vec<RuleConfig>,
+    pub rules: RuleList,
 }
 
 impl Default for PolicyConfig {
@@ -31,7 +32,7 @@ impl Default for PolicyConfig {
             default: Action::Deny,
             no_sni: Action::Deny,
             deny_with: DenyWith::default(),
-            rules: Vec::new(),
+            rules: RuleList::new(),
         }
     }
 }
@@ -51,7 +52,7 @@ pub enum DenyWith {
     Alert,
 }
 
-/// One `[[policy.rule]]`, as written.
+/// One `[[policy.rule]]`, as written; [`RuleList`] keeps them packed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {

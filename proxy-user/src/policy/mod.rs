@@ -5,8 +5,14 @@
 //! other conditions (ports, sources, protocols) hold. The trie finds every rule whose
 //! pattern matches in O(labels); among those candidates the lowest-numbered one whose
 //! conditions hold is the match.
+//!
+//! Deciding is on every connection's path, and a cache miss costs ~200 ns: a decision on
+//! a rule without conditions reads only the trie, one with conditions also its 32-byte
+//! guard, and a rule's name is read only when the decision is displayed.
 
 mod cidr;
+mod guard;
+mod huge_pages;
 mod pattern;
 mod rule;
 mod trie;
@@ -16,12 +22,13 @@ use std::net::IpAddr;
 use std::str::FromStr;
 
 pub use cidr::{Cidr, CidrError};
+use guard::Guard;
 pub use pattern::{Pattern, PatternError};
 pub use rule::{Conditions, PolicyError, Rule, RuleProblem, RuleRef};
-use trie::{HashCollision, MAX_RULES, NameTrie, Slot};
+use trie::{Candidate, MAX_RULES, NameTrie, Slot};
 
 use crate::config::{DenyWith, PolicyConfig};
-use crate::names::{self, NameError};
+use crate::names::{self, NameError, Normal};
 use crate::tls::Protocol;
 
 /// What to do with a connection.
@@ -105,32 +112,152 @@ impl serde::Serialize for Reason {
     }
 }
 
-/// A policy decision, as `sockgate decide` prints it.
+/// A policy decision, as `sockgate decide` prints it. Making one allocates nothing: it
+/// borrows the policy (for the rule's name) and the query (for an invalid name).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Decision {
+pub struct Decision<'a> {
     /// Allow or deny.
     pub action: Action,
-    /// The matching rule's name, or `#N` for an unnamed rule; `None` without a match.
-    pub rule: Option<String>,
+    /// The matching rule; `None` without a match.
+    pub rule: Option<RuleName<'a>>,
     /// The normalised name; the name as given if it is invalid; `None` without a name.
-    pub fqdn: Option<String>,
+    pub fqdn: Option<Fqdn<'a>>,
     /// Why.
     pub reason: Reason,
 }
 
-/// A compiled rule: its action, its conditions if it has any, and where its name ends.
-/// One small record, so a match costs one cache miss for all three.
-#[derive(Debug, Clone, Copy)]
-struct Compiled {
-    /// Index into `Policy::conditions`, or `NO_CONDITIONS`.
-    conditions: u32,
-    /// The end of the rule's name in `Policy::names` (it starts where the previous ends).
-    name_end: u32,
-    /// What a match does.
-    action: Action,
+/// The rule a decision matched. Displays (and serialises) as the rule's name, or `#N` for
+/// an unnamed rule; the name is read only then, not while deciding.
+#[derive(Clone, Copy)]
+pub struct RuleName<'a> {
+    /// The policy the rule is in.
+    policy: &'a Policy,
+    /// The rule's index.
+    index: u32,
 }
 
-const NO_CONDITIONS: u32 = u32::MAX;
+impl RuleName<'_> {
+    /// The rule's index, from 0, in file order.
+    pub fn index(&self) -> usize {
+        self.index as usize
+    }
+}
+
+impl fmt::Display for RuleName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.policy.rules[self.index()].name(&self.policy.names) {
+            "" => write!(f, "#{}", self.index + 1),
+            name => f.write_str(name),
+        }
+    }
+}
+
+impl fmt::Debug for RuleName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_string(), f)
+    }
+}
+
+impl PartialEq for RuleName<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self.policy, other.policy) && self.index == other.index
+    }
+}
+
+impl Eq for RuleName<'_> {}
+
+impl serde::Serialize for RuleName<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// The name a decision was made on. Derefs (and serialises) to the name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the name is inline so that deciding allocates nothing; boxing it would not"
+)]
+pub enum Fqdn<'a> {
+    /// The normalised name.
+    Normal(Normal<'a>),
+    /// An invalid name, as given.
+    Invalid(&'a str),
+}
+
+impl std::ops::Deref for Fqdn<'_> {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        match self {
+            Fqdn::Normal(name) => name,
+            Fqdn::Invalid(name) => name,
+        }
+    }
+}
+
+impl fmt::Display for Fqdn<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl serde::Serialize for Fqdn<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self)
+    }
+}
+
+/// A compiled rule's name, in one aligned 16-byte record: short names (most of them) sit
+/// inside it, longer ones in `Policy::names`. Deciding does not read it; displaying a
+/// decision's rule does.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(16))]
+struct Compiled {
+    /// The name's length if it is inline (at most `INLINE_NAME`), else `LONG_NAME`.
+    name_len: u8,
+    /// The name's bytes if inline; else its start and length in `Policy::names`, as two
+    /// little-endian u32s.
+    name: [u8; INLINE_NAME],
+}
+
+/// The longest rule name kept inside its record.
+const INLINE_NAME: usize = 15;
+/// `Compiled::name_len` of a name kept in `Policy::names`.
+const LONG_NAME: u8 = u8::MAX;
+
+impl Compiled {
+    fn new(name: &str, names: &mut String) -> Compiled {
+        let mut rule = Compiled {
+            name_len: LONG_NAME,
+            name: [0; INLINE_NAME],
+        };
+        if name.len() <= INLINE_NAME {
+            rule.name[..name.len()].copy_from_slice(name.as_bytes());
+            rule.name_len = name.len() as u8;
+        } else {
+            let start = u32::try_from(names.len()).expect("rule names below 4 GiB");
+            let len = u32::try_from(name.len()).expect("rule names below 4 GiB");
+            names.push_str(name);
+            rule.name[..4].copy_from_slice(&start.to_le_bytes());
+            rule.name[4..8].copy_from_slice(&len.to_le_bytes());
+        }
+        rule
+    }
+
+    /// The name, empty for an unnamed rule.
+    fn name<'a>(&'a self, names: &'a str) -> &'a str {
+        if self.name_len == LONG_NAME {
+            let word = |i: usize| {
+                u32::from_le_bytes(self.name[i..i + 4].try_into().expect("4 bytes")) as usize
+            };
+            &names[word(0)..word(0) + word(4)]
+        } else {
+            std::str::from_utf8(&self.name[..usize::from(self.name_len)])
+                .expect("a whole name was copied in")
+        }
+    }
+}
 
 /// A compiled policy, ready for [`Policy::decide`]. Cheap to share behind an `Arc`.
 pub struct Policy {
@@ -140,16 +267,18 @@ pub struct Policy {
     no_sni: Action,
     /// How a denied TLS connection is refused.
     deny_with: DenyWith,
-    /// Every rule, in file order.
+    /// Every rule's name, in file order.
     rules: Vec<Compiled>,
-    /// The conditions of the rules that have any.
-    conditions: Vec<Conditions>,
-    /// Rule names, back to back (unnamed rules take no bytes).
+    /// The guards of the rules with conditions, in file order.
+    guards: Vec<Guard>,
+    /// Conditions too big for their guard.
+    apart: Vec<Conditions>,
+    /// Rule names longer than `INLINE_NAME`, back to back.
     names: String,
     /// Rules with patterns, by name.
     trie: NameTrie,
     /// Rules without an `fqdn` field, which match any name and no name.
-    any_name: Vec<u32>,
+    any_name: Vec<Candidate>,
     /// How many rules allow, and how many deny.
     counts: (usize, usize),
 }
@@ -168,33 +297,18 @@ impl Policy {
     /// Checks every rule and builds the index. The rules are checked one at a time and not
     /// kept, so compiling a large policy needs little memory beyond the result.
     ///
-    /// # Panics
-    ///
-    /// If the trie's randomly seeded 64-bit name hash collides ten times in a row, which
-    /// does not happen with a working hasher.
     pub fn compile(config: &PolicyConfig) -> Result<Policy, PolicyError> {
         check_names(config)?;
-        // Each attempt seeds the trie's hash anew; two names hashing alike is a 1-in-2^40
-        // event even at a million rules, so a second attempt is already unheard of and a
-        // tenth would mean the hasher is broken.
-        for _ in 0..10 {
-            if let Ok(policy) = Self::build(config)? {
-                return Ok(policy);
-            }
-        }
-        panic!("10 trie hash collisions in a row: the name hasher is broken");
-    }
-
-    /// One attempt at [`Policy::compile`], after the name check.
-    fn build(config: &PolicyConfig) -> Result<Result<Policy, HashCollision>, PolicyError> {
         let mut policy = Policy {
             default: config.default,
             no_sni: config.no_sni,
             deny_with: config.deny_with,
             rules: Vec::with_capacity(config.rules.len()),
-            conditions: Vec::new(),
+            guards: Vec::new(),
+            apart: Vec::new(),
             names: String::new(),
-            trie: NameTrie::default(),
+            // Most rules add one node: sizing for them up front saves growing the table.
+            trie: NameTrie::with_capacity(config.rules.len()),
             any_name: Vec::new(),
             counts: (0, 0),
         };
@@ -203,7 +317,7 @@ impl Policy {
                 return Err(PolicyError {
                     rule: RuleRef {
                         index,
-                        name: rule_config.name.clone(),
+                        name: rule_config.name.map(str::to_owned),
                     },
                     field: "name",
                     problem: RuleProblem::TooMany { max: MAX_RULES },
@@ -211,38 +325,36 @@ impl Policy {
             }
             let rule = Rule::parse(index, rule_config)?;
             let id = u32::try_from(index).expect("checked against MAX_RULES");
-            let unconditional = rule.conditions.is_empty();
+            let candidate = if rule.conditions.is_empty() {
+                Candidate::Unconditional {
+                    rule: id,
+                    deny: rule.action == Action::Deny,
+                }
+            } else {
+                let guard = Guard::new(id, rule.action, rule.conditions, &mut policy.apart);
+                policy.guards.push(guard);
+                Candidate::Guarded(
+                    u32::try_from(policy.guards.len() - 1).expect("checked against MAX_RULES"),
+                )
+            };
             for p in rule.patterns.iter().flatten() {
                 let trie = &mut policy.trie;
-                let inserted = match p {
-                    Pattern::Exact(n) => trie.insert(n, Slot::Exact, id, unconditional),
-                    Pattern::Below(n) => trie.insert(n, Slot::Below, id, unconditional),
-                    Pattern::Suffix(n) => trie
-                        .insert(n, Slot::Exact, id, unconditional)
-                        .and_then(|()| trie.insert(n, Slot::Below, id, unconditional)),
-                };
-                if let Err(collision) = inserted {
-                    return Ok(Err(collision));
+                match p {
+                    Pattern::Exact(n) => trie.insert(n, Slot::Exact, candidate),
+                    Pattern::Below(n) => trie.insert(n, Slot::Below, candidate),
+                    Pattern::Suffix(n) => {
+                        trie.insert(n, Slot::Exact, candidate);
+                        trie.insert(n, Slot::Below, candidate);
+                    }
                 }
             }
             if rule.patterns.is_none() {
-                policy.any_name.push(id);
+                policy.any_name.push(candidate);
             }
-            let conditions = if unconditional {
-                NO_CONDITIONS
-            } else {
-                policy.conditions.push(rule.conditions);
-                u32::try_from(policy.conditions.len() - 1).expect("checked against MAX_RULES")
-            };
-            policy
-                .names
-                .push_str(rule_config.name.as_deref().unwrap_or_default());
-            let name_end = u32::try_from(policy.names.len()).expect("rule names below 4 GiB");
-            policy.rules.push(Compiled {
-                action: rule.action,
-                conditions,
-                name_end,
-            });
+            policy.rules.push(Compiled::new(
+                rule_config.name.unwrap_or_default(),
+                &mut policy.names,
+            ));
             match rule.action {
                 Action::Allow => policy.counts.0 += 1,
                 Action::Deny => policy.counts.1 += 1,
@@ -250,14 +362,16 @@ impl Policy {
         }
         policy.trie.shrink_to_fit();
         policy.names.shrink_to_fit();
-        Ok(Ok(policy))
+        policy.rules = huge_pages::copy(&policy.rules);
+        policy.guards = huge_pages::copy(&policy.guards);
+        Ok(policy)
     }
 
     /// Decides a connection; see the module docs. An invalid name is always denied.
-    pub fn decide(&self, query: &Query<'_>) -> Decision {
+    pub fn decide<'a>(&'a self, query: &Query<'a>) -> Decision<'a> {
         let Some(given) = query.fqdn else {
             return match self.first_match(None, query) {
-                Some(rule) => self.matched(rule, None),
+                Some(found) => self.matched(found, None),
                 None => Decision {
                     action: self.no_sni,
                     rule: None,
@@ -266,23 +380,23 @@ impl Policy {
                 },
             };
         };
-        let name = match names::normalize(given) {
+        let name = match names::normal_form(given) {
             Ok(name) => name,
             Err(why) => {
                 return Decision {
                     action: Action::Deny,
                     rule: None,
-                    fqdn: Some(given.to_owned()),
+                    fqdn: Some(Fqdn::Invalid(given)),
                     reason: Reason::InvalidName(why),
                 };
             }
         };
         match self.first_match(Some(&name), query) {
-            Some(rule) => self.matched(rule, Some(name)),
+            Some(found) => self.matched(found, Some(Fqdn::Normal(name))),
             None => Decision {
                 action: self.default,
                 rule: None,
-                fqdn: Some(name),
+                fqdn: Some(Fqdn::Normal(name)),
                 reason: Reason::Default,
             },
         }
@@ -310,49 +424,70 @@ impl Policy {
 
     /// The display name of rule `index`: its name, or `#N` (from 1) if it has none.
     pub fn rule_name(&self, index: usize) -> String {
-        let start = index
-            .checked_sub(1)
-            .map_or(0, |i| self.rules[i].name_end as usize);
-        let name = &self.names[start..self.rules[index].name_end as usize];
-        if name.is_empty() {
-            format!("#{}", index + 1)
-        } else {
-            name.to_owned()
+        RuleName {
+            policy: self,
+            index: u32::try_from(index).expect("a rule index"),
         }
+        .to_string()
     }
 
-    fn matched(&self, rule: u32, fqdn: Option<String>) -> Decision {
+    fn matched<'a>(
+        &'a self,
+        (rule, action): (u32, Action),
+        fqdn: Option<Fqdn<'a>>,
+    ) -> Decision<'a> {
         Decision {
-            action: self.rules[rule as usize].action,
-            rule: Some(self.rule_name(rule as usize)),
+            action,
+            rule: Some(RuleName {
+                policy: self,
+                index: rule,
+            }),
             fqdn,
             reason: Reason::Rule,
         }
     }
 
-    /// The lowest-numbered rule that matches, if any.
-    fn first_match(&self, name: Option<&str>, query: &Query<'_>) -> Option<u32> {
-        let mut best = u32::MAX;
-        let mut consider = |candidates: &[u32]| {
-            // Sorted ascending: the first that holds is this list's best.
-            for &r in candidates.iter().take_while(|&&r| r < best) {
-                if self.conditions_hold(r, query) {
-                    best = r;
-                    break;
-                }
-            }
-        };
-        consider(&self.any_name);
+    /// The lowest-numbered rule that matches, if any, and its action.
+    fn first_match(&self, name: Option<&str>, query: &Query<'_>) -> Option<(u32, Action)> {
+        let mut best = None;
+        self.consider(self.any_name.iter().copied(), query, &mut best);
         if let Some(name) = name {
-            self.trie.lookup(name, &mut consider);
+            self.trie.lookup(name, |candidates| {
+                self.consider(candidates.iter(), query, &mut best)
+            });
         }
-        (best != u32::MAX).then_some(best)
+        best
     }
 
-    fn conditions_hold(&self, rule: u32, query: &Query<'_>) -> bool {
-        match self.rules[rule as usize].conditions {
-            NO_CONDITIONS => true,
-            c => self.conditions[c as usize].matches(query.source, query.port, query.protocol),
+    /// Updates `best` with the first of `candidates` (in rule order) that holds, if it is
+    /// numbered below `best`.
+    fn consider(
+        &self,
+        candidates: impl Iterator<Item = Candidate>,
+        query: &Query<'_>,
+        best: &mut Option<(u32, Action)>,
+    ) {
+        let bound = best.map_or(u32::MAX, |(rule, _)| rule);
+        for candidate in candidates {
+            match candidate {
+                Candidate::Unconditional { rule, deny } => {
+                    if rule < bound {
+                        let action = if deny { Action::Deny } else { Action::Allow };
+                        *best = Some((rule, action));
+                    }
+                    return;
+                }
+                Candidate::Guarded(g) => {
+                    let guard = &self.guards[g as usize];
+                    if guard.rule >= bound {
+                        return;
+                    }
+                    if guard.holds(query.source, query.port, query.protocol, &self.apart) {
+                        *best = Some((guard.rule, guard.action));
+                        return;
+                    }
+                }
+            }
         }
     }
 }
@@ -373,7 +508,7 @@ fn check_names(config: &PolicyConfig) -> Result<(), PolicyError> {
         .rules
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| Some((r.name.as_deref()?, i)))
+        .filter_map(|(i, r)| Some((r.name?, i)))
         .collect();
     named.sort_unstable();
     for pair in named.windows(2) {

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use super::Action;
 use super::cidr::{Cidr, CidrError};
 use super::pattern::{Pattern, PatternError};
-use crate::config::RuleConfig;
+use crate::config::RuleView;
 use crate::tls::{Protocol, UnknownProtocol};
 
 /// Which rule an error or a decision is about: its position in the file, and its name.
@@ -118,13 +118,8 @@ impl Conditions {
     }
 }
 
-/// A present but empty list.
-fn is_empty<T>(list: &Option<Vec<T>>) -> bool {
-    list.as_ref().is_some_and(Vec::is_empty)
-}
-
 /// The bit of `p` in a protocol set.
-fn protocol_bit(p: Protocol) -> u8 {
+pub(super) fn protocol_bit(p: Protocol) -> u8 {
     let i = Protocol::ALL.iter().position(|q| *q == p).unwrap_or(0);
     1 << i
 }
@@ -143,29 +138,29 @@ pub struct Rule {
 
 impl Rule {
     /// Checks rule number `index` (from 0). Duplicate names are the caller's to check.
-    pub fn parse(index: usize, config: &RuleConfig) -> Result<Rule, PolicyError> {
+    pub fn parse(index: usize, config: RuleView<'_>) -> Result<Rule, PolicyError> {
         let fail = |field, problem| PolicyError {
             rule: RuleRef {
                 index,
-                name: config.name.clone(),
+                name: config.name.map(str::to_owned),
             },
             field,
             problem,
         };
-        if config.name.as_deref() == Some("") {
+        if config.name == Some("") {
             return Err(fail("name", RuleProblem::EmptyName));
         }
-        let action = match config.action.as_deref() {
+        let action = match config.action {
             None => return Err(fail("action", RuleProblem::Missing)),
             Some(a) => a
                 .parse()
                 .map_err(|_| fail("action", RuleProblem::UnknownAction(a.to_owned())))?,
         };
         for (field, empty) in [
-            ("fqdn", is_empty(&config.fqdn)),
-            ("ports", is_empty(&config.ports)),
-            ("sources", is_empty(&config.sources)),
-            ("protocols", is_empty(&config.protocols)),
+            ("fqdn", config.fqdn.is_some_and(|l| l.is_empty())),
+            ("ports", config.ports.is_some_and(|l| l.is_empty())),
+            ("sources", config.sources.is_some_and(|l| l.is_empty())),
+            ("protocols", config.protocols.is_some_and(|l| l.is_empty())),
         ] {
             if empty {
                 return Err(fail(field, RuleProblem::EmptyList));
@@ -173,7 +168,6 @@ impl Rule {
         }
         let patterns = config
             .fqdn
-            .as_ref()
             .map(|list| {
                 list.iter()
                     .map(|p| {
@@ -181,7 +175,7 @@ impl Rule {
                             fail(
                                 "fqdn",
                                 RuleProblem::BadPattern {
-                                    pattern: p.clone(),
+                                    pattern: p.to_owned(),
                                     why,
                                 },
                             )
@@ -192,11 +186,10 @@ impl Rule {
             .transpose()?;
         let ports = config
             .ports
-            .as_ref()
             .map(|list| {
                 let mut ports = list
                     .iter()
-                    .map(|&p| {
+                    .map(|p| {
                         u16::try_from(p)
                             .ok()
                             .filter(|p| *p != 0)
@@ -210,7 +203,6 @@ impl Rule {
             .transpose()?;
         let sources = config
             .sources
-            .as_ref()
             .map(|list| {
                 list.iter()
                     .map(|s| {
@@ -218,7 +210,7 @@ impl Rule {
                             fail(
                                 "sources",
                                 RuleProblem::BadCidr {
-                                    value: s.clone(),
+                                    value: s.to_owned(),
                                     why,
                                 },
                             )
@@ -229,7 +221,6 @@ impl Rule {
             .transpose()?;
         let protocols = config
             .protocols
-            .as_ref()
             .map(|list| {
                 list.iter().try_fold(0u8, |set, p| {
                     let p: Protocol = p

@@ -14,7 +14,7 @@ fn rule(name: &str, action: &str, fqdn: &[&str]) -> RuleConfig {
 
 fn policy(rules: Vec<RuleConfig>) -> Policy {
     Policy::compile(&PolicyConfig {
-        rules,
+        rules: rules.into(),
         ..PolicyConfig::default()
     })
     .unwrap()
@@ -29,9 +29,14 @@ fn tls(fqdn: &str) -> Query<'_> {
     }
 }
 
+/// The matched rule's display name, as the decision log and `sockgate decide` show it.
+fn name_of(d: &Decision<'_>) -> Option<String> {
+    d.rule.map(|r| r.to_string())
+}
+
 fn decided(p: &Policy, q: &Query<'_>) -> (Action, Option<String>, String) {
     let d = p.decide(q);
-    (d.action, d.rule, d.reason.to_string())
+    (d.action, name_of(&d), d.reason.to_string())
 }
 
 #[test]
@@ -67,7 +72,7 @@ fn invalid_names_are_denied_whatever_the_rules() {
     any.fqdn = None;
     let p = Policy::compile(&PolicyConfig {
         default: Action::Allow,
-        rules: vec![any],
+        rules: vec![any].into(),
         ..PolicyConfig::default()
     })
     .unwrap();
@@ -106,7 +111,7 @@ fn conditions_pick_the_first_rule_that_holds() {
         port,
         protocol,
     };
-    let rule_of = |q: Query<'_>| p.decide(&q).rule;
+    let rule_of = |q: Query<'_>| name_of(&p.decide(&q));
     assert_eq!(
         rule_of(q("github.com", None, Some(22), Protocol::Ssh)).as_deref(),
         Some("ssh")
@@ -152,7 +157,7 @@ fn no_name_uses_name_less_rules_then_no_sni() {
     ssh.protocols = Some(vec!["ssh".into(), "none".into()]);
     let p = Policy::compile(&PolicyConfig {
         no_sni: Action::Allow,
-        rules: vec![ssh],
+        rules: vec![ssh].into(),
         ..PolicyConfig::default()
     })
     .unwrap();
@@ -164,12 +169,12 @@ fn no_name_uses_name_less_rules_then_no_sni() {
     };
     let d = p.decide(&q(22, Protocol::None));
     assert_eq!(
-        (d.action, d.rule.as_deref(), d.reason),
+        (d.action, name_of(&d).as_deref(), d.reason),
         (Action::Allow, Some("#1"), Reason::Rule)
     );
     let d = p.decide(&q(443, Protocol::Tls));
     assert_eq!(
-        (d.action, d.rule, d.reason),
+        (d.action, name_of(&d), d.reason),
         (Action::Allow, None, Reason::NoSni)
     );
     // A name-less rule also matches named connections.
@@ -177,14 +182,14 @@ fn no_name_uses_name_less_rules_then_no_sni() {
         fqdn: Some("example.com"),
         ..q(22, Protocol::Ssh)
     });
-    assert_eq!(d.rule.as_deref(), Some("#1"));
+    assert_eq!(name_of(&d).as_deref(), Some("#1"));
 }
 
 #[test]
 fn errors_name_the_rule_and_the_field() {
     let err = |rules: Vec<RuleConfig>| {
         Policy::compile(&PolicyConfig {
-            rules,
+            rules: rules.into(),
             ..PolicyConfig::default()
         })
         .unwrap_err()
@@ -238,8 +243,12 @@ fn errors_name_the_rule_and_the_field() {
     );
 }
 
-/// A rule for the property test: a pattern over a small alphabet of names, and maybe a
-/// port condition, so rules overlap often.
+/// Ports for the property test: more than a guard holds inline, so some rules keep their
+/// conditions apart.
+const PORTS: [i64; 12] = [22, 443, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+
+/// A rule for the property test: a pattern over a small alphabet of names, and maybe
+/// port, source and protocol conditions, so rules overlap often.
 fn arb_rule() -> impl Strategy<Value = RuleConfig> {
     let label = prop::sample::select(vec!["a", "b", "c", "com"]);
     let name = prop::collection::vec(label, 1..4).prop_map(|l| l.join("."));
@@ -248,14 +257,20 @@ fn arb_rule() -> impl Strategy<Value = RuleConfig> {
     (
         prop::collection::vec(pattern, 0..3),
         any::<bool>(),
-        prop::option::of(prop::sample::subsequence(vec![22i64, 443], 1..=2)),
+        prop::option::of(prop::sample::subsequence(PORTS.to_vec(), 1..=12)),
+        prop::option::of(prop::sample::subsequence(
+            vec!["10.0.0.0/8", "192.0.2.0/24"],
+            1..=2,
+        )),
+        prop::option::of(prop::sample::subsequence(vec!["tls", "ssh"], 1..=2)),
     )
-        .prop_map(|(fqdn, allow, ports)| RuleConfig {
+        .prop_map(|(fqdn, allow, ports, sources, protocols)| RuleConfig {
             name: None,
             action: Some(if allow { "allow" } else { "deny" }.into()),
             fqdn: (!fqdn.is_empty()).then_some(fqdn),
             ports,
-            ..RuleConfig::default()
+            sources: sources.map(|l| l.into_iter().map(str::to_owned).collect()),
+            protocols: protocols.map(|l| l.into_iter().map(str::to_owned).collect()),
         })
 }
 
@@ -265,19 +280,24 @@ proptest! {
     fn trie_matches_linear_scan(
         rules in prop::collection::vec(arb_rule(), 0..12),
         names in prop::collection::vec(prop::collection::vec(prop::sample::select(vec!["a", "b", "c", "com"]), 1..5), 1..20),
-        port in prop::sample::select(vec![22u16, 443, 80]),
+        port in prop::option::of(prop::sample::select(vec![22u16, 443, 80, 5])),
+        source in prop::option::of(prop::sample::select(vec!["10.1.1.1", "198.51.100.7"])),
+        protocol in prop::sample::select(vec![Protocol::Tls, Protocol::Ssh, Protocol::Http]),
     ) {
-        let config = PolicyConfig { rules: rules.clone(), ..PolicyConfig::default() };
+        let config = PolicyConfig { rules: rules.clone().into(), ..PolicyConfig::default() };
         let p = Policy::compile(&config).unwrap();
+        let source = source.map(|s| s.parse().unwrap());
         for name in names.iter().map(|l| l.join(".")) {
-            let q = Query { fqdn: Some(&name), source: None, port: Some(port), protocol: Protocol::Tls };
-            let want = rules.iter().position(|r| {
+            let q = Query { fqdn: Some(&name), source, port, protocol };
+            let want = config.rules.iter().position(|r| {
                 let parsed = Rule::parse(0, r).unwrap();
                 let name_ok = parsed.patterns.as_ref().is_none_or(|ps| ps.iter().any(|p| p.matches(&name)));
-                name_ok && parsed.conditions.matches(None, Some(port), Protocol::Tls)
+                name_ok && parsed.conditions.matches(source, port, protocol)
             });
             let got = p.decide(&q);
-            prop_assert_eq!(got.rule, want.map(|i| format!("#{}", i + 1)), "{}", name);
+            prop_assert_eq!(name_of(&got), want.map(|i| format!("#{}", i + 1)), "{}", name);
+            let want_action = want.map(|i| rules[i].action.as_deref().unwrap());
+            prop_assert_eq!(want_action, (got.reason == Reason::Rule).then_some(got.action.as_str()));
         }
     }
 }
@@ -286,7 +306,8 @@ proptest! {
 fn short_and_long_rule_names_come_back_whole() {
     let long = "a-rather-long-rule-name-stored-apart";
     let p = policy(vec![
-        rule("elevenchars", "allow", &["a.test"]),
+        rule("sixteen-chars!!!", "allow", &["a.test"]),
+        rule("fifteen-chars!!", "allow", &["f.test"]),
         rule(long, "allow", &["b.test"]),
         rule("twelve-chars", "deny", &["c.test"]),
         RuleConfig {
@@ -296,10 +317,12 @@ fn short_and_long_rule_names_come_back_whole() {
         },
         rule("ünïcödé-näme", "allow", &["e.test"]),
     ]);
-    let name = |fqdn| p.decide(&tls(fqdn)).rule;
-    assert_eq!(name("a.test").as_deref(), Some("elevenchars"));
+    let name = |fqdn| name_of(&p.decide(&tls(fqdn)));
+    assert_eq!(name("a.test").as_deref(), Some("sixteen-chars!!!"));
     assert_eq!(name("b.test").as_deref(), Some(long));
     assert_eq!(name("c.test").as_deref(), Some("twelve-chars"));
-    assert_eq!(name("d.test").as_deref(), Some("#4"));
+    assert_eq!(name("d.test").as_deref(), Some("#5"));
     assert_eq!(name("e.test").as_deref(), Some("ünïcödé-näme"));
+    // The longest name kept inside the rule's record.
+    assert_eq!(name("f.test").as_deref(), Some("fifteen-chars!!"));
 }

@@ -2,28 +2,38 @@
 //! api. A lookup visits one node per label of the queried name, so it costs O(labels)
 //! whatever the number of rules.
 //!
-//! Memory is the constraint at a million rules, so nodes hold no `String`s: labels live in
-//! one byte arena, and the nodes themselves sit in one open-addressing hash table, inline,
-//! so that a probe costs one cache miss rather than two (control bytes, then the slot).
+//! Memory is the constraint at a million rules, so nodes hold no `String`s: they sit inline
+//! in one open-addressing table of 32-byte slots, a node names its parent by slot number,
+//! and a label sits inside its node when it is short (most are) or in a byte arena.
 //!
-//! Latency is the other constraint: walking parent to child makes each label's cache misses
-//! wait for the previous label's. So a node is keyed by a hash of its whole name, chained
-//! label by label (`h(com)`, `h(h(com), github)`, ...), which needs no memory access: the
-//! lookup probes every level without waiting on the others. The hash is randomly seeded,
-//! and compiling makes sure no two nodes share a hash (it starts over with a new seed if
-//! they do), so a node's parent is named by its hash and a found node whose parent and
-//! label check out is exactly the name looked up: no false match, whatever the queries.
+//! Latency is the other constraint: a cache miss costs ~200 ns, and walking parent to child
+//! would make each label's miss wait for the one before. So a node's slot is found from a
+//! hash of its whole name, chained label by label (`h(com)`, `h(h(com), github)`, ...),
+//! which needs no memory access: a lookup first computes every level's slot and prefetches
+//! it, then walks the levels, so their misses overlap. The hash only says where to look: a
+//! node is the one looked for when its parent slot and its label are equal, so a hash
+//! collision costs a longer probe, never a false match.
+//!
+//! A node's rules are stored as [`Candidate`]s that carry what a decision needs (the
+//! action of a rule without conditions; the guard of one with), so deciding reads no rule
+//! record.
 
 use std::hash::BuildHasher;
 
 use foldhash::fast::RandomState;
 
-/// The most rules the trie can number (slot values keep two flag bits).
-pub const MAX_RULES: usize = (1 << 30) - 1;
+/// The most rules (and guards) the trie can number: entries keep three flag bits.
+pub const MAX_RULES: usize = (1 << 29) - 1;
 
-/// The chained hash of the root (the empty name). Node hashes are odd, so they never equal
-/// it, and an empty table slot (hash 0) is never mistaken for a node.
+/// The `parent` of a top-level node: the root, the empty name, has no slot.
+const ROOT: u32 = u32::MAX;
+/// The chained hash of the root.
 const ROOT_HASH: u64 = 0;
+/// Labels up to this long sit inside their node.
+const INLINE_LABEL: usize = 15;
+/// How many levels a lookup hashes and prefetches before it walks them. Names rarely have
+/// more labels; a deeper one takes more rounds.
+const BATCH: usize = 16;
 
 /// Which of a node's rule lists a pattern goes into.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,113 +44,244 @@ pub enum Slot {
     Below,
 }
 
-/// Two names hashed alike under this trie's seed; build the trie again with a new one.
+/// A rule as the trie holds it, with what a decision needs to know of it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HashCollision;
+pub enum Candidate {
+    /// A rule without conditions besides the name: it holds whenever it is a candidate.
+    Unconditional {
+        /// The rule's number (its index in file order).
+        rule: u32,
+        /// The rule denies; it allows otherwise.
+        deny: bool,
+    },
+    /// A rule with conditions, by the number of its guard (see `policy/guard.rs`), which
+    /// holds the rule's number. Guards are numbered in rule order.
+    Guarded(u32),
+}
 
-/// A node's rule list, packed into a u32: empty, one rule, or an index into the trie's
-/// overflow lists. Most nodes hold one rule, so most lookups touch no list at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Rules(u32);
+impl Candidate {
+    /// Set on an unconditional rule's entry.
+    const UNCONDITIONAL: u32 = 1 << 30;
+    /// Set on an unconditional rule's entry when it denies.
+    const DENY: u32 = 1 << 29;
+    const INDEX: u32 = Self::DENY - 1;
 
-impl Default for Rules {
-    fn default() -> Self {
-        Rules::EMPTY
+    /// The candidate packed into a u32 (bit 31 stays clear).
+    fn entry(self) -> u32 {
+        match self {
+            Candidate::Unconditional { rule, deny } => {
+                rule | Self::UNCONDITIONAL | if deny { Self::DENY } else { 0 }
+            }
+            Candidate::Guarded(guard) => guard,
+        }
+    }
+
+    fn from_entry(entry: u32) -> Candidate {
+        if entry & Self::UNCONDITIONAL != 0 {
+            Candidate::Unconditional {
+                rule: entry & Self::INDEX,
+                deny: entry & Self::DENY != 0,
+            }
+        } else {
+            Candidate::Guarded(entry & Self::INDEX)
+        }
+    }
+
+    fn closes(entry: u32) -> bool {
+        entry & Self::UNCONDITIONAL != 0
     }
 }
 
-impl Rules {
-    const EMPTY: Rules = Rules(u32::MAX);
-    /// Set when the value indexes `NameTrie::lists`.
-    const LIST: u32 = 1 << 31;
-    /// Set when the list ends with a rule without conditions: later rules can never win.
-    const CLOSED: u32 = 1 << 30;
-    const INDEX: u32 = Self::CLOSED - 1;
+/// The candidates of one node that apply to a lookup, in rule order. All but the last are
+/// guarded: an unconditional rule closes a node's list, since no later rule can win there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Candidates<'a>(&'a [u32]);
+
+impl Candidates<'_> {
+    /// The candidates, in rule order.
+    pub fn iter(&self) -> impl Iterator<Item = Candidate> + '_ {
+        self.0.iter().map(|&e| Candidate::from_entry(e))
+    }
 }
 
-/// One name in the trie (the root, the empty name, is implicit).
-#[derive(Debug, Clone, Copy, Default)]
+/// A node's rule list: empty, one candidate's entry, or an index into the trie's overflow
+/// lists. Most nodes hold one rule, so most lookups touch no list at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Rules(u32);
+
+impl Rules {
+    const EMPTY: Rules = Rules(u32::MAX);
+    /// Set when the value indexes `NameTrie::lists`; clear when it is an entry.
+    const LIST: u32 = 1 << 31;
+}
+
+/// One name in the trie (the root, the empty name, is implicit), or an empty slot. One
+/// aligned 32-byte slot, so a probe that hits its home slot reads one cache line.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(32))]
 struct Node {
-    /// The chained hash of the whole name (see the module docs); unique in the trie.
-    hash: u64,
-    /// The parent's hash, which names the parent.
-    parent: u64,
+    /// 32 bits of the name's chained hash, never 0; 0 marks an empty slot.
+    tag: u32,
+    /// The parent's slot, or `ROOT`.
+    parent: u32,
     /// Rules matching this name.
     exact: Rules,
     /// Rules matching names below this one.
     below: Rules,
-    /// Where this node's label starts in the arena.
-    label_start: u32,
-    /// The label's length (at most 63).
-    label_len: u8,
-    /// Whether any name below this one is in the trie. Most nodes are leaves, and a lookup
-    /// that stops at one saves probing a random slot for a child that cannot exist.
-    has_children: bool,
+    /// The label's length (`LEN` bits, at most 63) and the `HAS_CHILDREN` flag.
+    meta: u8,
+    /// The label if it is at most `INLINE_LABEL` long; else its start in
+    /// `NameTrie::long_labels`, as a little-endian u32.
+    label: [u8; INLINE_LABEL],
 }
 
-/// The trie; see the module docs.
-#[derive(Default)]
-pub struct NameTrie {
-    /// Every node, by the hash of its name.
+const _: () = assert!(size_of::<Node>() == 32);
+
+impl Node {
+    const EMPTY: Node = Node {
+        tag: 0,
+        parent: ROOT,
+        exact: Rules::EMPTY,
+        below: Rules::EMPTY,
+        meta: 0,
+        label: [0; INLINE_LABEL],
+    };
+    const LEN: u8 = 0x3f;
+    /// Some name below this one is in the trie. Most nodes are leaves, and a lookup that
+    /// stops at one need not wait for a deeper slot whose node cannot exist.
+    const HAS_CHILDREN: u8 = 0x80;
+
+    fn label_len(&self) -> usize {
+        usize::from(self.meta & Self::LEN)
+    }
+
+    fn has_children(&self) -> bool {
+        self.meta & Self::HAS_CHILDREN != 0
+    }
+}
+
+/// One level of a lookup: a label of the queried name, and where its node would be.
+#[derive(Clone, Copy, Default)]
+struct Level<'n> {
+    /// The tag of the name from this label down.
+    tag: u32,
+    /// The home slot of that tag.
+    home: usize,
+    /// The label.
+    label: &'n [u8],
+}
+
+/// The trie; see the module docs. `S` builds the name hash (tests inject a bad one).
+pub struct NameTrie<S = RandomState> {
+    /// Every node, placed by its tag.
     nodes: Table,
-    /// Every node's label, back to back.
-    labels: Vec<u8>,
+    /// Labels longer than `INLINE_LABEL`, back to back.
+    long_labels: Vec<u8>,
     /// The name hash, randomly seeded per trie.
-    hasher: RandomState,
-    /// Rule lists of nodes with more than one candidate rule, each sorted ascending.
+    hasher: S,
+    /// Entry lists of nodes with more than one candidate rule, each in rule order.
     lists: Vec<Vec<u32>>,
 }
 
+impl Default for NameTrie {
+    fn default() -> Self {
+        NameTrie::with_capacity(0)
+    }
+}
+
 impl NameTrie {
-    /// Adds rule `rule` to the `slot` list of the node for `name` (a normalised name).
-    /// Rules must be added in ascending order; `unconditional` says the rule has no
-    /// conditions besides the name, which closes the list to later rules.
-    pub fn insert(
-        &mut self,
-        name: &str,
-        slot: Slot,
-        rule: u32,
-        unconditional: bool,
-    ) -> Result<(), HashCollision> {
-        debug_assert!((rule as usize) < MAX_RULES);
-        let mut hash = ROOT_HASH;
-        for label in name.rsplit('.') {
-            hash = self.child_or_insert(hash, label.as_bytes())?;
+    /// An empty trie with room for about `nodes` nodes.
+    pub fn with_capacity(nodes: usize) -> NameTrie {
+        NameTrie::with_hasher(nodes, RandomState::default())
+    }
+}
+
+impl<S: BuildHasher> NameTrie<S> {
+    /// An empty trie with room for about `nodes` nodes, hashing names with `hasher`.
+    fn with_hasher(nodes: usize, hasher: S) -> NameTrie<S> {
+        NameTrie {
+            nodes: Table::with_capacity(nodes),
+            long_labels: Vec::new(),
+            hasher,
+            lists: Vec::new(),
         }
-        let Some(node) = self.nodes.find_mut(hash) else {
-            unreachable!("the node was just found or added");
-        };
+    }
+
+    /// Adds `rule` to the `slot` list of the node for `name` (a normalised name). Rules
+    /// must be added in ascending order; one without conditions closes the list to later
+    /// rules.
+    pub fn insert(&mut self, name: &str, slot: Slot, rule: Candidate) {
+        // Room for every label up front, so that no node moves while the name is walked.
+        let labels = name.bytes().filter(|&b| b == b'.').count() + 1;
+        self.nodes.reserve(labels);
+        let (mut parent, mut hash) = (ROOT, ROOT_HASH);
+        for label in name.rsplit('.') {
+            hash = self.name_hash(hash, label.as_bytes());
+            parent = self.child_or_insert(parent, tag(hash), label.as_bytes());
+        }
+        let node = &mut self.nodes.slots[parent as usize];
         let rules = match slot {
             Slot::Exact => &mut node.exact,
             Slot::Below => &mut node.below,
         };
-        *rules = add(&mut self.lists, *rules, rule, unconditional);
-        Ok(())
+        *rules = add(&mut self.lists, *rules, rule);
     }
 
     /// Calls `visit` with every rule list that applies to `name` (a normalised name): the
-    /// `Below` lists of its proper ancestors and the `Exact` list of the name itself. Each
-    /// list is sorted ascending.
-    pub fn lookup(&self, name: &str, mut visit: impl FnMut(&[u32])) {
-        let (mut parent, mut labels) = (ROOT_HASH, name.rsplit('.').peekable());
-        while let Some(label) = labels.next() {
-            let label = label.as_bytes();
-            let hash = self.name_hash(parent, label);
-            // Only the hash is compared here, so the next level's probe need not wait for
-            // this node's label; hashes are unique, so checking parent and label after is
-            // enough.
-            let Some(n) = self.nodes.find(hash) else {
-                return;
-            };
-            if n.parent != parent || self.label(n) != label {
+    /// `Below` lists of its proper ancestors and the `Exact` list of the name itself, in
+    /// that order.
+    pub fn lookup(&self, name: &str, mut visit: impl FnMut(Candidates<'_>)) {
+        if self.nodes.len == 0 {
+            return;
+        }
+        // The labels not hashed yet, right to left; `None` once all are.
+        let mut rest = Some(name.as_bytes());
+        let (mut parent, mut hash) = (ROOT, ROOT_HASH);
+        loop {
+            // Every level's slot follows from the name alone: compute and prefetch them
+            // all before reading any, so that their cache misses overlap...
+            let mut levels = [Level::default(); BATCH];
+            let mut count = 0;
+            for level in &mut levels {
+                let Some(labels) = rest else { break };
+                let label = match labels.iter().rposition(|&b| b == b'.') {
+                    Some(dot) => {
+                        rest = Some(&labels[..dot]);
+                        &labels[dot + 1..]
+                    }
+                    None => {
+                        rest = None;
+                        labels
+                    }
+                };
+                hash = self.name_hash(hash, label);
+                let tag = tag(hash);
+                let home = self.nodes.home(tag);
+                // The probe may go on to the next slot, which may start the next line.
+                self.nodes.prefetch(home);
+                self.nodes.prefetch(self.nodes.next(home));
+                *level = Level { tag, home, label };
+                count += 1;
+            }
+            // ...then walk them.
+            for (i, level) in levels[..count].iter().enumerate() {
+                let Some(slot) = self.find(parent, level) else {
+                    return;
+                };
+                let node = &self.nodes.slots[slot as usize];
+                let deeper = i + 1 < count || rest.is_some();
+                let rules = if deeper { &node.below } else { &node.exact };
+                if let Some(candidates) = self.candidates(rules) {
+                    visit(candidates);
+                }
+                if !node.has_children() {
+                    return;
+                }
+                parent = slot;
+            }
+            if rest.is_none() {
                 return;
             }
-            let deeper = labels.peek().is_some();
-            self.visit_rules(if deeper { n.below } else { n.exact }, &mut visit);
-            if !n.has_children {
-                return;
-            }
-            parent = hash;
         }
     }
 
@@ -151,233 +292,214 @@ impl NameTrie {
 
     /// Releases spare capacity once every rule is in.
     pub fn shrink_to_fit(&mut self) {
-        self.labels.shrink_to_fit();
+        self.long_labels.shrink_to_fit();
         self.lists.shrink_to_fit();
     }
 
-    fn visit_rules(&self, rules: Rules, visit: &mut impl FnMut(&[u32])) {
-        if rules == Rules::EMPTY {
-            return;
-        }
-        let index = rules.0 & Rules::INDEX;
-        if rules.0 & Rules::LIST != 0 {
-            visit(&self.lists[index as usize]);
-        } else {
-            visit(&[index]);
+    fn candidates<'a>(&'a self, rules: &'a Rules) -> Option<Candidates<'a>> {
+        match rules.0 {
+            _ if *rules == Rules::EMPTY => None,
+            list if list & Rules::LIST != 0 => {
+                Some(Candidates(&self.lists[(list & !Rules::LIST) as usize]))
+            }
+            _ => Some(Candidates(std::slice::from_ref(&rules.0))),
         }
     }
 
-    fn label(&self, n: &Node) -> &[u8] {
-        &self.labels[n.label_start as usize..n.label_start as usize + usize::from(n.label_len)]
+    /// The slot of the node labelled as `level` under `parent`, if there is one.
+    fn find(&self, parent: u32, level: &Level<'_>) -> Option<u32> {
+        let mut i = level.home;
+        loop {
+            let n = &self.nodes.slots[i];
+            if n.tag == 0 {
+                return None;
+            }
+            if n.tag == level.tag && n.parent == parent && self.label(n) == level.label {
+                return Some(i as u32);
+            }
+            i = self.nodes.next(i);
+        }
     }
 
-    /// The hash of the child of `parent` labelled `label`, added if missing.
-    fn child_or_insert(&mut self, parent: u64, label: &[u8]) -> Result<u64, HashCollision> {
-        let hash = self.name_hash(parent, label);
-        if let Some(n) = self.nodes.find(hash) {
-            return if n.parent == parent && self.label(n) == label {
-                Ok(hash)
-            } else {
-                Err(HashCollision)
-            };
+    fn label<'a>(&'a self, n: &'a Node) -> &'a [u8] {
+        let len = n.label_len();
+        if len <= INLINE_LABEL {
+            return &n.label[..len];
         }
-        let label_len = u8::try_from(label.len()).expect("labels are at most 63 bytes");
-        let label_start = u32::try_from(self.labels.len()).expect("label arena below 4 GiB");
-        self.labels.extend_from_slice(label);
-        let node = Node {
-            hash,
-            parent,
-            label_start,
-            label_len,
-            ..Node::default()
+        let start = u32::from_le_bytes(n.label[..4].try_into().expect("4 bytes")) as usize;
+        &self.long_labels[start..start + len]
+    }
+
+    /// The slot of the child of `parent` labelled `label`, added if missing; the table
+    /// must have room for it.
+    fn child_or_insert(&mut self, parent: u32, tag: u32, label: &[u8]) -> u32 {
+        let level = Level {
+            tag,
+            home: self.nodes.home(tag),
+            label,
         };
-        self.nodes.insert(node);
-        if let Some(p) = self.nodes.find_mut(parent) {
-            p.has_children = true;
+        if let Some(slot) = self.find(parent, &level) {
+            return slot;
         }
-        Ok(hash)
+        let mut node = Node {
+            tag,
+            parent,
+            meta: u8::try_from(label.len())
+                .ok()
+                .filter(|len| *len <= Node::LEN)
+                .expect("labels are at most 63 bytes"),
+            ..Node::EMPTY
+        };
+        if label.len() <= INLINE_LABEL {
+            node.label[..label.len()].copy_from_slice(label);
+        } else {
+            let start = u32::try_from(self.long_labels.len()).expect("label arena below 4 GiB");
+            node.label[..4].copy_from_slice(&start.to_le_bytes());
+            self.long_labels.extend_from_slice(label);
+        }
+        let slot = self.nodes.place(node);
+        if parent != ROOT {
+            self.nodes.slots[parent as usize].meta |= Node::HAS_CHILDREN;
+        }
+        slot
     }
 
-    /// The chained hash of the name `label`.`parent`, forced odd (see [`ROOT_HASH`]).
+    /// The chained hash of the name `label`.`parent`.
     fn name_hash(&self, parent: u64, label: &[u8]) -> u64 {
-        self.hasher.hash_one((parent, label)) | 1
+        self.hasher.hash_one((parent, label))
     }
 }
 
+/// The tag of a chained hash: its high half (the low half feeds nothing else, but the high
+/// bits of foldhash are the better mixed), never 0.
+fn tag(hash: u64) -> u32 {
+    ((hash >> 32) as u32).max(1)
+}
+
 /// An open-addressing table of nodes with linear probing: a probe reads consecutive slots,
-/// and the first is usually the one. Empty slots have hash 0.
+/// and the first is usually the one.
 #[derive(Default)]
 struct Table {
-    /// A power of two of slots, or none.
+    /// The slots; at most 80% hold a node, so a probe always ends.
     slots: Vec<Node>,
     /// How many slots hold a node.
     len: usize,
 }
 
 impl Table {
-    fn slot(&self, hash: u64) -> Option<usize> {
-        let mask = self.slots.len().checked_sub(1)?;
-        // The low bits pick the slot.
-        let mut i = hash as usize & mask;
-        loop {
-            match self.slots[i].hash {
-                h if h == hash => return Some(i),
-                0 => return None,
-                _ => i = (i + 1) & mask,
-            }
+    /// Room for `nodes` nodes before the table grows.
+    fn with_capacity(nodes: usize) -> Table {
+        Table {
+            slots: match nodes {
+                0 => Vec::new(),
+                n => super::huge_pages::filled(Self::slots_for(n), Node::EMPTY),
+            },
+            len: 0,
         }
     }
 
-    fn find(&self, hash: u64) -> Option<&Node> {
-        self.slot(hash).map(|i| &self.slots[i])
+    /// How many slots `nodes` nodes get: half full, where linear probing stays short even
+    /// for names that are not there.
+    fn slots_for(nodes: usize) -> usize {
+        (nodes * 2).max(16)
     }
 
-    fn find_mut(&mut self, hash: u64) -> Option<&mut Node> {
-        self.slot(hash).map(|i| &mut self.slots[i])
+    /// Where a probe for `tag` starts: the tag scaled to the table (no power-of-two size
+    /// needed, and growing needs only the tag).
+    fn home(&self, tag: u32) -> usize {
+        ((u64::from(tag) * self.slots.len() as u64) >> 32) as usize
     }
 
-    /// Adds a node whose hash is not in the table yet.
-    fn insert(&mut self, node: Node) {
-        // At most 80% full: linear probing slows down sharply beyond.
-        if (self.len + 1) * 5 > self.slots.len() * 4 {
-            let old = std::mem::take(&mut self.slots);
-            self.slots = huge_page_vec((old.len() * 2).max(16));
-            for n in old.into_iter().filter(|n| n.hash != 0) {
-                self.place(n);
-            }
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.slots.len() { 0 } else { i + 1 }
+    }
+
+    /// Starts loading slot `i` into the cache without waiting for it.
+    #[inline(always)]
+    fn prefetch(&self, i: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+            let slot = std::ptr::from_ref(&self.slots[i]).cast::<i8>();
+            // SAFETY: a prefetch is only a hint; it never faults and changes no state the
+            // program can observe, and `slot` points into the table anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(slot) };
         }
-        self.place(node);
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
+    }
+
+    /// Makes room for `more` nodes. Growing moves every node, so callers must not hold
+    /// slot numbers across it.
+    fn reserve(&mut self, more: usize) {
+        if (self.len + more) * 5 <= self.slots.len() * 4 {
+            return;
+        }
+        let size = (self.slots.len() * 2).max(Self::slots_for(self.len + more));
+        let old = std::mem::replace(
+            &mut self.slots,
+            super::huge_pages::filled(size, Node::EMPTY),
+        );
+        // Nodes name their parents by slot: note where each one went, then renumber.
+        let mut moved = vec![ROOT; old.len()];
+        for (i, node) in old.iter().enumerate().filter(|(_, n)| n.tag != 0) {
+            moved[i] = self.put(*node);
+        }
+        for node in self
+            .slots
+            .iter_mut()
+            .filter(|n| n.tag != 0 && n.parent != ROOT)
+        {
+            node.parent = moved[node.parent as usize];
+        }
+    }
+
+    /// Adds a node that is not in the table yet; there must be room.
+    fn place(&mut self, node: Node) -> u32 {
+        debug_assert!((self.len + 1) * 5 <= self.slots.len() * 4);
         self.len += 1;
+        self.put(node)
     }
 
-    fn place(&mut self, node: Node) {
-        let mask = self.slots.len() - 1;
-        let mut i = node.hash as usize & mask;
-        while self.slots[i].hash != 0 {
-            i = (i + 1) & mask;
+    /// Writes `node` into the first free slot from its home.
+    fn put(&mut self, node: Node) -> u32 {
+        let mut i = self.home(node.tag);
+        while self.slots[i].tag != 0 {
+            i = self.next(i);
         }
         self.slots[i] = node;
+        u32::try_from(i)
+            .ok()
+            .filter(|&i| i != ROOT)
+            .expect("fewer than 2^32 - 1 slots")
     }
-}
-
-/// `len` empty slots. A large table is asked to live on transparent huge pages before it is
-/// touched: lookups hit random slots, and with 4 KiB pages each one would also miss the TLB.
-fn huge_page_vec(len: usize) -> Vec<Node> {
-    let mut v: Vec<Node> = Vec::with_capacity(len);
-    let bytes = len * size_of::<Node>();
-    if bytes >= 4 << 20 {
-        // madvise wants a page-aligned start; malloc's large blocks start just past a header.
-        let start = v.as_ptr() as usize;
-        let aligned = start.next_multiple_of(4096);
-        // SAFETY: the range lies inside the vector's own allocation (capacity `len`, not yet
-        // touched), and MADV_HUGEPAGE only changes how the kernel backs it, not its contents
-        // or validity. Failure (THP disabled) is harmless and ignored.
-        unsafe {
-            libc::madvise(
-                aligned as *mut libc::c_void,
-                start + bytes - aligned,
-                libc::MADV_HUGEPAGE,
-            );
-        }
-    }
-    v.resize(len, Node::default());
-    v
 }
 
 /// `rules` with `rule` appended, unless a rule without conditions already closes it or
 /// `rule` is already last (a rule listing both `a.com` and `.a.com`).
-fn add(lists: &mut Vec<Vec<u32>>, rules: Rules, rule: u32, unconditional: bool) -> Rules {
-    let closed = if unconditional { Rules::CLOSED } else { 0 };
+fn add(lists: &mut Vec<Vec<u32>>, rules: Rules, rule: Candidate) -> Rules {
+    let entry = rule.entry();
     if rules == Rules::EMPTY {
-        return Rules(rule | closed);
+        return Rules(entry);
     }
-    if rules.0 & Rules::CLOSED != 0 {
-        return rules;
-    }
-    let index = rules.0 & Rules::INDEX;
     if rules.0 & Rules::LIST == 0 {
-        if index == rule {
-            return Rules(rule | closed);
+        if Candidate::closes(rules.0) || rules.0 == entry {
+            return rules;
         }
         let list = u32::try_from(lists.len())
             .ok()
-            .filter(|l| *l < Rules::INDEX)
-            .expect("fewer than 2^30 lists");
-        lists.push(vec![index, rule]);
-        return Rules(list | Rules::LIST | closed);
+            .filter(|l| *l < !Rules::LIST)
+            .expect("fewer than 2^31 - 1 lists");
+        lists.push(vec![rules.0, entry]);
+        return Rules(list | Rules::LIST);
     }
-    let list = &mut lists[index as usize];
-    if list.last() != Some(&rule) {
-        list.push(rule);
+    let list = &mut lists[(rules.0 & !Rules::LIST) as usize];
+    match list.last() {
+        Some(&last) if Candidate::closes(last) || last == entry => {}
+        _ => list.push(entry),
     }
-    Rules(index | Rules::LIST | closed)
+    rules
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    impl NameTrie {
-        fn insert_ok(&mut self, name: &str, slot: Slot, rule: u32, unconditional: bool) {
-            self.insert(name, slot, rule, unconditional)
-                .expect("no collision in a tiny trie");
-        }
-    }
-
-    /// The lists `lookup` visits.
-    fn lists(t: &NameTrie, name: &str) -> Vec<Vec<u32>> {
-        let mut out = Vec::new();
-        t.lookup(name, |l| out.push(l.to_vec()));
-        out
-    }
-
-    #[test]
-    fn exact_below_and_shared_prefixes() {
-        let mut t = NameTrie::default();
-        t.insert_ok("github.com", Slot::Exact, 0, true);
-        t.insert_ok("github.com", Slot::Below, 1, true);
-        t.insert_ok("api.github.com", Slot::Exact, 2, true);
-        t.insert_ok("com", Slot::Below, 3, false);
-        assert_eq!(t.node_count(), 4);
-        assert_eq!(lists(&t, "github.com"), [vec![3], vec![0]]);
-        assert_eq!(lists(&t, "api.github.com"), [vec![3], vec![1], vec![2]]);
-        assert_eq!(lists(&t, "x.api.github.com"), [vec![3], vec![1]]);
-        assert_eq!(lists(&t, "com"), Vec::<Vec<u32>>::new());
-        assert_eq!(lists(&t, "gitlab.com"), [vec![3]]);
-        assert_eq!(lists(&t, "github.org"), Vec::<Vec<u32>>::new());
-    }
-
-    #[test]
-    fn lists_grow_until_closed() {
-        let mut t = NameTrie::default();
-        t.insert_ok("a.com", Slot::Exact, 0, false);
-        t.insert_ok("a.com", Slot::Exact, 1, false);
-        t.insert_ok("a.com", Slot::Exact, 1, false);
-        t.insert_ok("a.com", Slot::Exact, 2, true);
-        t.insert_ok("a.com", Slot::Exact, 3, false);
-        assert_eq!(lists(&t, "a.com"), [vec![0, 1, 2]]);
-        t.insert_ok("b.com", Slot::Exact, 4, true);
-        t.insert_ok("b.com", Slot::Exact, 5, false);
-        assert_eq!(lists(&t, "b.com"), [vec![4]]);
-    }
-
-    #[test]
-    fn hash_collisions_are_caught() {
-        let mut t = NameTrie::default();
-        t.insert_ok("a.com", Slot::Exact, 0, true);
-        // Plant a node of another name ("c", the arena's first label) under the hash of "org".
-        let hash = t.name_hash(ROOT_HASH, b"org");
-        t.nodes.insert(Node {
-            hash,
-            parent: ROOT_HASH,
-            label_len: 1,
-            below: Rules(0),
-            ..Node::default()
-        });
-        // Looking "org" names up finds nothing rather than the planted node's rules...
-        assert!(lists(&t, "x.org").is_empty());
-        // ...and adding "org" reports the collision, so compiling starts over.
-        assert_eq!(t.insert("x.org", Slot::Exact, 1, true), Err(HashCollision));
-        assert_eq!(lists(&t, "a.com"), [vec![0]]);
-    }
-}
+mod tests;

@@ -33,7 +33,7 @@ use crate::{
     datapath::{Datapath, End, Endpoint},
     events::{self, FqdnSource, tls_version_name},
     names,
-    policy::{Action, Decision, Policy, Query},
+    policy::{Action, Decision, Policy, Query, Reason},
     sockopt,
     tls::{
         self, ClientHello, ClientHelloAssembler, Progress, Protocol, ServerHelloAssembler,
@@ -135,8 +135,8 @@ struct Session<'a> {
     client: Endpoint,
     /// The decision line, filled in as the handshake learns things.
     record: events::Decision,
-    /// The policy's answer, once asked.
-    decision: Option<Decision>,
+    /// Why the policy answered as it did, once asked (its rule and name are in `record`).
+    decision: Option<Reason>,
     /// CONNECT only: the 200 has been sent, so refusals can no longer be HTTP.
     tunnel_open: bool,
     /// CONNECT only: the request head's length. It was read from the client but never
@@ -192,11 +192,10 @@ pub async fn run(cx: Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
         request_head,
         ..
     } = session;
-    record.rule = decision.as_ref().and_then(|d| d.rule.clone());
     match result {
         Ok(upstream) => {
             record.action = Action::Allow;
-            record.reason = decision.map_or_else(String::new, |d| d.reason.to_string());
+            record.reason = decision.map_or_else(String::new, |reason| reason.to_string());
             events::decision(&record);
             let stop = drain(cx.phase.clone());
             let idle = Some(cx.live.limits.idle_timeout);
@@ -281,7 +280,7 @@ fn signal_for(
     Signal::Reset
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
     async fn handshake(&mut self) -> Result<Endpoint, Refusal> {
         match self.cx.listener.kind {
             ListenerKind::Connect { allow_sni_mismatch } => {
@@ -446,8 +445,14 @@ impl Session<'_> {
         Some(sni)
     }
 
-    fn query(&self, fqdn: Option<&str>, port: u16, protocol: Protocol) -> Decision {
-        self.cx.live.policy.decide(&Query {
+    /// The policy's answer. It borrows the policy, not the session, so the session can
+    /// keep it.
+    fn query<'q>(&self, fqdn: Option<&'q str>, port: u16, protocol: Protocol) -> Decision<'q>
+    where
+        'a: 'q,
+    {
+        let cx: &'a Context = self.cx;
+        cx.live.policy.decide(&Query {
             fqdn,
             source: Some(self.record.client.ip()),
             port: Some(port),
@@ -508,17 +513,18 @@ impl Session<'_> {
         self.decide_or_refuse(Some(host), port)
     }
 
-    fn keep(&mut self, decision: Decision) {
-        if decision.fqdn.is_some() {
-            self.record.fqdn.clone_from(&decision.fqdn);
+    /// Notes a decision in the decision line: the last one asked is the one logged.
+    fn keep(&mut self, decision: Decision<'_>) {
+        if let Some(fqdn) = decision.fqdn {
+            self.record.fqdn = Some(fqdn.to_string());
         }
-        self.decision = Some(decision);
+        self.record.rule = decision.rule.map(|rule| rule.to_string());
+        self.decision = Some(decision.reason);
     }
 
     fn reason(&self) -> String {
         self.decision
-            .as_ref()
-            .map_or_else(String::new, |d| d.reason.to_string())
+            .map_or_else(String::new, |reason| reason.to_string())
     }
 
     async fn resolve(&mut self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Refusal> {

@@ -1,6 +1,8 @@
 //! `cargo xtask bench policy`: runs `proxy-user/examples/policy_bench.rs` in release with
-//! 1,000,000 generated rules and checks its numbers against the targets: load (compile)
-//! at most 3 s, at most 300 MB resident for the compiled policy, lookup p99 at most 1 µs.
+//! 1,000,000 generated rules, written to a TOML file and loaded from it as `sockgate run`
+//! does, and checks its numbers against the targets: load from the file (read, parse,
+//! validate, compile) at most 3 s; at most 300 MB, both at the load's peak and for the
+//! loaded policy; lookup p99 at most 1 µs.
 
 use std::process::Command;
 
@@ -16,17 +18,17 @@ pub struct Args {
     /// How many lookups to time.
     #[arg(long, default_value_t = 1_000_000)]
     lookups: usize,
-    /// Also time loading the rules from TOML text (parse, validate, compile); at 1,000,000
-    /// rules this takes tens of seconds and gigabytes.
-    #[arg(long)]
-    toml: bool,
 }
 
-/// (name in the result line, target, unit).
-const TARGETS: &[(&str, f64, &str)] = &[
-    ("load_s", 3.0, "s"),
-    ("policy_mib", 300.0 / 1.048_576, "MiB"),
-    ("p99_ns", 1000.0, "ns"),
+/// 300 MB in MiB, as the benchmark reports memory.
+const MB_300: f64 = 300.0 / 1.048_576;
+
+/// (name in the result line, what it is, target, unit).
+const TARGETS: &[(&str, &str, f64, &str)] = &[
+    ("load_s", "load from TOML file", 3.0, "s"),
+    ("peak_mib", "peak RSS while loading", MB_300, "MiB"),
+    ("policy_mib", "resident policy", MB_300, "MiB"),
+    ("p99_ns", "lookup p99", 1000.0, "ns"),
 ];
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -38,20 +40,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .lines()
         .find_map(|l| l.strip_prefix("result "))
         .context("no result line in the benchmark's output")?;
-    for (name, target, unit) in TARGETS {
-        let value: f64 = result
+    let value = |name: &str| -> anyhow::Result<f64> {
+        result
             .split_whitespace()
             .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
             .and_then(|v| v.parse().ok())
-            .with_context(|| format!("no {name} in {result:?}"))?;
+            .with_context(|| format!("no {name} in {result:?}"))
+    };
+    for (name, what, target, unit) in TARGETS {
+        let value = value(name)?;
         let verdict = if value <= *target { "ok" } else { "MISSED" };
-        println!("{name:<12} {value:>10.3} {unit:<4} target <= {target:.1} {unit}: {verdict}");
+        println!("{what:<24} {value:>10.3} {unit:<4} target <= {target:.1} {unit}: {verdict}");
     }
-    if args.toml {
-        // The same rules as a TOML file's text: what `sockgate` pays to load them from disk.
-        println!("\n-- the same rules loaded from TOML text --");
-        print!("{}", bench(&["--rules", &rules, "--toml"])?);
-    }
+    println!(
+        "{:<24} {:>10.3} s    (extra: the compile step alone, part of the load)",
+        "compile only",
+        value("compile_s")?
+    );
     Ok(())
 }
 
