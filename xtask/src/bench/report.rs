@@ -176,6 +176,27 @@ pub fn tables(plan: &Plan, names: &[&str], results: &Results) -> String {
     out
 }
 
+/// `--only idle`: the idle figures alone, with the issue's target for sockgate on sockmap.
+pub fn idle(plan: &Plan, names: &[&str], results: &Results) -> String {
+    let mut out = format!(
+        "\n{} runs; idle: {} parked connections; medians [min-max].\n\n\
+         | system | idle B/conn |\n|---|---|\n",
+        plan.runs, plan.idle
+    );
+    for (name, s) in names.iter().zip(&results.systems) {
+        let _ = writeln!(out, "| {name} | {} |", cell(&s.idle_bytes, 0));
+    }
+    if let Some(i) = names.iter().position(|n| *n == "sockgate-sockmap") {
+        let sg = median(&results.systems[i].idle_bytes);
+        let verdict = if sg <= 2048.0 { "met" } else { "MISSED" };
+        let _ = writeln!(
+            out,
+            "\nsockgate on sockmap, <= 2 KiB userspace per idle connection: {sg:.0} B  {verdict}"
+        );
+    }
+    out
+}
+
 /// The issue's targets for sockgate on sockmap, each with its verdict.
 pub fn targets(names: &[&str], results: &Results) -> String {
     let get = |name: &str| {

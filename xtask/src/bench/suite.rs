@@ -1,6 +1,7 @@
-//! `cargo xtask bench [--quick]`: issue 5's suite. Every system (direct, sockgate on each
-//! datapath, HAProxy, nginx) gets the same five measurements, one system after the other
-//! within each run, so slow drifts of a shared machine spread over all of them:
+//! `cargo xtask bench [--quick] [--only idle]`: issue 5's suite. Every system (direct,
+//! sockgate on each datapath, HAProxy, nginx) gets the same five measurements, one system
+//! after the other within each run, so slow drifts of a shared machine spread over all of
+//! them (`--only idle` runs the last one alone):
 //!
 //! 1. bulk: one connection each way, throughput, whole-machine CPU per GiB, and the peak of
 //!    extra kernel TCP memory;
@@ -22,7 +23,7 @@ use anyhow::{Context as _, bail, ensure};
 use super::{
     kmem,
     peer::{Client, Server},
-    report::{self, Results},
+    report::{self, Results, Samples},
     stats::{CpuSample, percentile},
     systems::{Kind, Running, SYSTEMS, name},
     tls::Tls,
@@ -62,11 +63,22 @@ pub struct Args {
     /// Where to write the SVG chart [target/bench/bench.svg].
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Run only this measurement, for every system, and print only its figures (no chart).
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+}
+
+/// A measurement that can run alone.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Only {
+    /// 5. idle: the proxy's resident memory per parked connection.
+    Idle,
 }
 
 /// The parameters in force, defaults resolved.
 pub struct Plan {
     pub quick: bool,
+    pub only: Option<Only>,
     pub runs: usize,
     pub bytes: u64,
     pub parallel: usize,
@@ -81,6 +93,7 @@ impl Args {
         let q = self.quick;
         Plan {
             quick: q,
+            only: self.only,
             runs: self.runs.unwrap_or(if q { 3 } else { 5 }),
             bytes: self.mib.unwrap_or(if q { 256 } else { 4096 }) << 20,
             parallel: self.parallel,
@@ -150,35 +163,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 Ok(())
             };
 
-            // 1. Bulk, one connection each way.
-            let cpu = CpuSample::now()?;
-            let kmem = kmem::Sampler::start()?;
-            let up = client.upload(&name(run), plan.bytes)?;
-            let down = client.download(&name(run + 1), plan.bytes)?;
-            let peak = kmem.finish();
-            let busy = CpuSample::now()?.busy_seconds_since(&cpu);
-            check("bulk")?;
-            r.up_gbps.push(gbps(plan.bytes, up));
-            r.down_gbps.push(gbps(plan.bytes, down));
-            r.bulk_cpu.push(busy / gib(2 * plan.bytes));
-            r.kmem_mib.push(peak as f64 / f64::from(1 << 20));
-
-            // 2. Parallel bulk.
-            let (secs, busy) = parallel(&client, plan.bytes, plan.parallel)?;
-            check("parallel bulk")?;
-            r.par_gbps.push(gbps(plan.bytes, secs));
-            r.par_cpu.push(busy / gib(plan.bytes));
-
-            // 3. Round trip.
-            let mut rtts = client.ping(&name(run + 2), plan.pings)?;
-            check("ping-pong")?;
-            r.rtt50.push(percentile(&mut rtts, 0.50));
-            r.rtt99.push(percentile(&mut rtts, 0.99));
-
-            // 4. Connection rate.
-            let (rate, failed) = conn_rate(&client, plan.rate_secs, plan.clients);
-            r.rate.push(rate);
-            r.rate_failures += failed;
+            let busy = match plan.only {
+                None => busy_tests(&client, run, &plan, r, &check)?,
+                Some(Only::Idle) => String::new(),
+            };
 
             // 5. Idle connections, on a fresh instance so earlier tests' heap is not reused.
             if system.kind != Kind::Direct {
@@ -191,17 +179,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             check("the connection tests")?;
 
             eprintln!(
-                "run {run} {:<17} up {:>6.2} down {:>6.2} Gbit/s  {:>5.2} cpu-s/GiB  kmem {:>6.1} MiB  \
-                 par {:>6.2} Gbit/s  rtt {:>5.1} us  {:>6.0} conn/s ({} failed)  idle {} B/conn",
+                "run {run} {:<17} {busy}idle {} B/conn",
                 system.name,
-                r.up_gbps[run],
-                r.down_gbps[run],
-                r.bulk_cpu[run],
-                r.kmem_mib[run],
-                r.par_gbps[run],
-                r.rtt50[run],
-                rate,
-                failed,
                 r.idle_bytes
                     .last()
                     .map_or("-".into(), |b| format!("{b:.0}")),
@@ -218,6 +197,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let names: Vec<&str> = SYSTEMS.iter().map(|s| s.0).collect();
     print!("\n{}", report::machine());
+    if plan.only == Some(Only::Idle) {
+        print!("{}", report::idle(&plan, &names, &results));
+        print!("\n{checked}");
+        println!("bench took {:.0} s", started.elapsed().as_secs_f64());
+        return Ok(());
+    }
     print!("{}", report::tables(&plan, &names, &results));
     print!("{}", report::targets(&names, &results));
     print!("\n{checked}");
@@ -234,6 +219,57 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     println!("\nchart: {}", svg.display());
     println!("bench took {:.0} s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Measurements 1 to 4 on `client`'s system, into `r`; returns their figures for the run's
+/// progress line.
+fn busy_tests(
+    client: &Client,
+    run: usize,
+    plan: &Plan,
+    r: &mut Samples,
+    check: &dyn Fn(&str) -> anyhow::Result<()>,
+) -> anyhow::Result<String> {
+    // 1. Bulk, one connection each way.
+    let cpu = CpuSample::now()?;
+    let kmem = kmem::Sampler::start()?;
+    let up = client.upload(&name(run), plan.bytes)?;
+    let down = client.download(&name(run + 1), plan.bytes)?;
+    let peak = kmem.finish();
+    let busy = CpuSample::now()?.busy_seconds_since(&cpu);
+    check("bulk")?;
+    r.up_gbps.push(gbps(plan.bytes, up));
+    r.down_gbps.push(gbps(plan.bytes, down));
+    r.bulk_cpu.push(busy / gib(2 * plan.bytes));
+    r.kmem_mib.push(peak as f64 / f64::from(1 << 20));
+
+    // 2. Parallel bulk.
+    let (secs, busy) = parallel(client, plan.bytes, plan.parallel)?;
+    check("parallel bulk")?;
+    r.par_gbps.push(gbps(plan.bytes, secs));
+    r.par_cpu.push(busy / gib(plan.bytes));
+
+    // 3. Round trip.
+    let mut rtts = client.ping(&name(run + 2), plan.pings)?;
+    check("ping-pong")?;
+    r.rtt50.push(percentile(&mut rtts, 0.50));
+    r.rtt99.push(percentile(&mut rtts, 0.99));
+
+    // 4. Connection rate.
+    let (rate, failed) = conn_rate(client, plan.rate_secs, plan.clients);
+    r.rate.push(rate);
+    r.rate_failures += failed;
+
+    Ok(format!(
+        "up {:>6.2} down {:>6.2} Gbit/s  {:>5.2} cpu-s/GiB  kmem {:>6.1} MiB  par {:>6.2} Gbit/s  \
+         rtt {:>5.1} us  {rate:>6.0} conn/s ({failed} failed)  ",
+        r.up_gbps[run],
+        r.down_gbps[run],
+        r.bulk_cpu[run],
+        r.kmem_mib[run],
+        r.par_gbps[run],
+        r.rtt50[run],
+    ))
 }
 
 fn gbps(bytes: u64, secs: f64) -> f64 {
