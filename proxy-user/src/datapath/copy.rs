@@ -2,6 +2,7 @@
 
 use std::{
     io,
+    pin::pin,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
@@ -17,8 +18,8 @@ const BUFFER: usize = 64 << 10;
 
 pub(super) async fn run(client: &Endpoint, upstream: &Endpoint, moved: &Moved) -> End {
     both(
-        direction(client, upstream.stream(), &moved.up),
-        direction(upstream, client.stream(), &moved.down),
+        pin!(direction(client, upstream.stream(), &moved.up)),
+        pin!(direction(upstream, client.stream(), &moved.down)),
     )
     .await
 }

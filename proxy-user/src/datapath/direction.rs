@@ -4,6 +4,7 @@
 use std::{
     future::Future,
     io,
+    pin::Pin,
     sync::atomic::AtomicU64,
     time::{Duration, Instant},
 };
@@ -57,11 +58,16 @@ impl End {
 /// Runs the client-to-upstream (`up`) and upstream-to-client (`down`) directions. A FIN in
 /// one direction leaves the other running (a half-close); a reset or error in either stops
 /// both (and the sockets, which linger zero until then, are reset when closed).
-pub(super) async fn both(up: impl Future<Output = End>, down: impl Future<Output = End>) -> End {
-    tokio::pin!(up, down);
+///
+/// The callers pin the directions in place: taken by value, each would be stored twice in
+/// this future, once as the argument and once pinned.
+pub(super) async fn both(
+    mut up: Pin<&mut impl Future<Output = End>>,
+    mut down: Pin<&mut impl Future<Output = End>>,
+) -> End {
     let (first, up_first) = tokio::select! {
-        end = &mut up => (end, true),
-        end = &mut down => (end, false),
+        end = up.as_mut() => (end, true),
+        end = down.as_mut() => (end, false),
     };
     match first {
         End::Fin if up_first => down.await,

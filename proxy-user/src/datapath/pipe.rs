@@ -3,6 +3,7 @@
 use std::{
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+    pin::pin,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
 };
 
@@ -19,8 +20,8 @@ const PIPE_SIZE: usize = 1 << 20;
 
 pub(super) async fn run(client: &Endpoint, upstream: &Endpoint, moved: &Moved) -> End {
     both(
-        direction(client.stream(), upstream.stream(), &moved.up),
-        direction(upstream.stream(), client.stream(), &moved.down),
+        pin!(direction(client.stream(), upstream.stream(), &moved.up)),
+        pin!(direction(upstream.stream(), client.stream(), &moved.down)),
     )
     .await
 }

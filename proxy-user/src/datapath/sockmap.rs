@@ -28,6 +28,7 @@
 
 use std::{
     io,
+    pin::pin,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
@@ -66,8 +67,8 @@ pub(super) async fn run(
     moved: &Moved,
 ) -> End {
     both(
-        direction(kernel, client, upstream, &moved.up, &moved.down),
-        direction(kernel, upstream, client, &moved.down, &moved.up),
+        pin!(direction(kernel, client, upstream, &moved.up, &moved.down)),
+        pin!(direction(kernel, upstream, client, &moved.down, &moved.up)),
     )
     .await
 }
