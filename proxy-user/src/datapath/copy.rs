@@ -35,7 +35,8 @@ async fn direction(src: &Endpoint, dst: &TcpStream, moved: &AtomicU64) -> End {
         match src.stream().try_read(&mut buf) {
             Ok(0) => {
                 // Only a socket left in the SOCKHASH can have passed bytes still coming.
-                match eof_is_final(src, moved.load(Relaxed), &mut eof_since).await {
+                // Boxed: rare (EOF only), so an idle connection holds none of its state.
+                match Box::pin(eof_is_final(src, moved.load(Relaxed), &mut eof_since)).await {
                     Ok(true) => {}
                     Ok(false) => continue,
                     Err(end) => return end,

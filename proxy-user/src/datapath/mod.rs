@@ -20,6 +20,7 @@ mod sockmap;
 use std::{
     fmt,
     future::Future,
+    pin::Pin,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
@@ -213,82 +214,99 @@ impl Datapath {
     /// `idle_timeout` (`None`: never), or until `stop` resolves (its value is then the end).
     /// Then closes both sockets, with a reset unless both directions ended with FIN;
     /// dropping the endpoints frees their map entries.
-    pub async fn splice(
-        &self,
+    ///
+    /// Every relayed connection holds this future while it lasts, so it is kept small:
+    /// `stop` comes pinned by the caller, and the body is an async block, not an async fn,
+    /// which would store its arguments twice (rust-lang/rust#62958).
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+    )]
+    pub fn splice<'a>(
+        &'a self,
         client: Endpoint,
         upstream: Endpoint,
         idle_timeout: Option<Duration>,
-        stop: impl Future<Output = End>,
-    ) -> Outcome {
-        // Until both directions end with FIN, any close resets: if the agent dies, each
-        // peer sees a reset rather than a clean end of a truncated stream.
-        direction::reset_on_close(client.stream(), upstream.stream());
-        let path = match (&self.kernel, client.in_kernel(), upstream.in_kernel()) {
-            (Some(_), true, true) => Path::Sockmap,
-            (_, false, false) if self.mode != Mode::Copy => Path::Splice,
-            _ => Path::Copy,
-        };
-        let moved = Moved {
-            up: AtomicU64::new(client.bytes_read()),
-            down: AtomicU64::new(upstream.bytes_read()),
-        };
-        let run = async {
-            match (path, &self.kernel) {
+        stop: Pin<&'a mut impl Future<Output = End>>,
+    ) -> impl Future<Output = Outcome> + 'a {
+        async move {
+            // Until both directions end with FIN, any close resets: if the agent dies, each
+            // peer sees a reset rather than a clean end of a truncated stream.
+            direction::reset_on_close(client.stream(), upstream.stream());
+            let path = match (&self.kernel, client.in_kernel(), upstream.in_kernel()) {
+                (Some(_), true, true) => Path::Sockmap,
+                (_, false, false) if self.mode != Mode::Copy => Path::Splice,
+                _ => Path::Copy,
+            };
+            let moved = Moved {
+                up: AtomicU64::new(client.bytes_read()),
+                down: AtomicU64::new(upstream.bytes_read()),
+            };
+            // Boxed: only the chosen path's state is allocated, not room for the largest.
+            let run: Pin<Box<dyn Future<Output = End> + Send + '_>> = match (path, &self.kernel) {
                 (Path::Sockmap, Some(kernel)) => {
-                    sockmap::run(kernel, &client, &upstream, &moved).await
+                    Box::pin(sockmap::run(kernel, &client, &upstream, &moved))
                 }
-                (Path::Splice, _) => pipe::run(&client, &upstream, &moved).await,
-                _ => copy::run(&client, &upstream, &moved).await,
-            }
-        };
-        let activity = || {
-            let mut total = moved.up.load(Relaxed) + moved.down.load(Relaxed);
-            if let Some(kernel) = &self.kernel {
-                for cookie in [client.cookie(), upstream.cookie()] {
-                    let c = kernel.counters(cookie);
-                    total += c.passed + c.redirected;
+                (Path::Splice, _) => Box::pin(pipe::run(&client, &upstream, &moved)),
+                _ => Box::pin(copy::run(&client, &upstream, &moved)),
+            };
+            let activity = || {
+                let mut total = moved.up.load(Relaxed) + moved.down.load(Relaxed);
+                if let Some(kernel) = &self.kernel {
+                    for cookie in [client.cookie(), upstream.cookie()] {
+                        let c = kernel.counters(cookie);
+                        total += c.passed + c.redirected;
+                    }
                 }
+                total
+            };
+            let end = tokio::select! {
+                end = run => end,
+                end = stop => end,
+                end = idle(idle_timeout, activity) => end,
+            };
+            if end == End::Fin {
+                let _ = sockopt::clear_linger(client.stream());
+                let _ = sockopt::clear_linger(upstream.stream());
             }
-            total
-        };
-        let end = tokio::select! {
-            end = run => end,
-            end = stop => end,
-            end = idle(idle_timeout, activity) => end,
-        };
-        if end == End::Fin {
-            let _ = sockopt::clear_linger(client.stream());
-            let _ = sockopt::clear_linger(upstream.stream());
-        }
-        let mut bytes_up = moved.up.load(Relaxed);
-        let mut bytes_down = moved.down.load(Relaxed);
-        if let (Path::Sockmap, Some(kernel)) = (path, &self.kernel) {
-            bytes_up += kernel.counters(client.cookie()).redirected;
-            bytes_down += kernel.counters(upstream.cookie()).redirected;
-        }
-        Outcome {
-            bytes_up,
-            bytes_down,
-            end,
-            path,
+            let mut bytes_up = moved.up.load(Relaxed);
+            let mut bytes_down = moved.down.load(Relaxed);
+            if let (Path::Sockmap, Some(kernel)) = (path, &self.kernel) {
+                bytes_up += kernel.counters(client.cookie()).redirected;
+                bytes_down += kernel.counters(upstream.cookie()).redirected;
+            }
+            drop((client, upstream));
+            Outcome {
+                bytes_up,
+                bytes_down,
+                end,
+                path,
+            }
         }
     }
 }
 
 /// Resolves with [`End::Timeout`] once `activity` (bytes moved either way, by userspace or
-/// the verdict) has not changed for `timeout`; never with `None`.
-async fn idle(timeout: Option<Duration>, activity: impl Fn() -> u64) -> End {
-    let Some(timeout) = timeout.filter(|t| !t.is_zero()) else {
-        return std::future::pending().await;
-    };
-    let (mut last, mut since) = (activity(), Instant::now());
-    loop {
-        tokio::time::sleep(timeout / 8).await;
-        let now = activity();
-        if now != last {
-            (last, since) = (now, Instant::now());
-        } else if since.elapsed() >= timeout {
-            return End::Timeout;
+/// the verdict) has not changed for `timeout`; never with `None`. An async block, like
+/// `splice`'s, so its arguments are stored once.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+fn idle(timeout: Option<Duration>, activity: impl Fn() -> u64) -> impl Future<Output = End> {
+    async move {
+        let Some(timeout) = timeout.filter(|t| !t.is_zero()) else {
+            return std::future::pending().await;
+        };
+        let (mut last, mut since) = (activity(), Instant::now());
+        loop {
+            tokio::time::sleep(timeout / 8).await;
+            let now = activity();
+            if now != last {
+                (last, since) = (now, Instant::now());
+            } else if since.elapsed() >= timeout {
+                return End::Timeout;
+            }
         }
     }
 }

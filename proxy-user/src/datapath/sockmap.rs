@@ -27,6 +27,7 @@
 //! push back on nothing.
 
 use std::{
+    future::poll_fn,
     io,
     pin::pin,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
@@ -140,21 +141,24 @@ async fn direction_inner(
             go = Some(want);
         }
         // Readable only for bytes the verdict passed, EOF or an error: redirected skbs
-        // never show up in the socket's own queue.
-        if let Err(err) = src.stream().readable().await {
+        // never show up in the socket's own queue. poll_read_ready keeps the waker in the
+        // socket's registration, where readable() would hold a waiter in this future; this
+        // direction is the socket's only reader.
+        if let Err(err) = poll_fn(|cx| src.stream().poll_read_ready(cx)).await {
             return End::from_io(&err);
         }
         buf.resize(BUFFER, 0);
         match src.stream().try_read(&mut buf) {
             Ok(0) => {
-                match eof_is_final(src, read.load(Relaxed), &mut eof_since).await {
+                // Boxed: rare (EOF only), so an idle connection holds none of its state.
+                match Box::pin(eof_is_final(src, read.load(Relaxed), &mut eof_since)).await {
                     Ok(true) => {}
                     Ok(false) => continue,
                     Err(end) => return end,
                 }
                 // FIN is not redirected. Shutting the peer down before its send queue has
-                // taken every redirected byte would drop them.
-                if let Err(end) = drained(kernel, src, dst.stream(), written).await {
+                // taken every redirected byte would drop them. Boxed: rare, as above.
+                if let Err(end) = Box::pin(drained(kernel, src, dst.stream(), written)).await {
                     return end;
                 }
                 return match sockopt::shutdown_write(dst.stream()) {
@@ -165,13 +169,14 @@ async fn direction_inner(
             Ok(n) => {
                 let counters = kernel.counters(src.cookie());
                 // Redirected skbs may still wait in the peer's psock queue; ours must not
-                // overtake them.
+                // overtake them. Boxed: passed bytes are rare once the handoff is done.
                 if counters.redirected > 0
-                    && let Err(end) = drained(kernel, src, dst.stream(), written).await
+                    && let Err(end) = Box::pin(drained(kernel, src, dst.stream(), written)).await
                 {
                     return end;
                 }
-                if let Err(err) = write_all(dst.stream(), &buf[..n]).await {
+                // Boxed: as above, so idle connections do not reserve room for it.
+                if let Err(err) = Box::pin(write_all(dst.stream(), &buf[..n])).await {
                     return End::from_io(&err);
                 }
                 written += n as u64;

@@ -1,6 +1,6 @@
 //! One client connection, from accept to close, in the order of the flow:
 //!
-//! 1. the TCP handshake ended at a listener ([`run`] adopts the socket);
+//! 1. the TCP handshake ended at a listener (`Session::start` adopts the socket);
 //! 2. learn where it is going: the original destination
 //!    (`Session::original_destination`), the CONNECT request (`Session::connect_request`),
 //!    or later the SNI;
@@ -20,6 +20,7 @@ mod refuse;
 
 use std::{
     net::SocketAddr,
+    pin::pin,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -168,22 +169,35 @@ pub async fn refuse_over_limit(cx: &Context, stream: TcpStream, peer: SocketAddr
 /// Runs one accepted connection to its end.
 pub async fn run(cx: Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
     let started = Instant::now();
-    let client = cx.datapath.adopt(stream, conn);
-    let record = events::Decision::new(conn, &cx.listener.name, peer);
-    let mut session = Session {
-        cx: &cx,
-        client,
-        record,
-        decision: None,
-        tunnel_open: false,
-        request_head: 0,
+    // Boxed: the handshake's state is large, and gone once the connection is relayed.
+    let Some((client, upstream, request_head)) =
+        Box::pin(admit(&cx, stream, peer, conn, started)).await
+    else {
+        return;
     };
-    let mut phase = cx.phase.clone();
-    let handshake = tokio::time::timeout(cx.live.limits.handshake_timeout, session.handshake());
-    let result = tokio::select! {
-        result = handshake => result.unwrap_or(Err(Refusal::Timeout)),
-        _ = phase.wait_for(|p| *p != Phase::Running) => Err(Refusal::Shutdown),
-    };
+    let stop = pin!(drain(cx.phase.clone()));
+    let idle = Some(cx.live.limits.idle_timeout);
+    let outcome = cx.datapath.splice(client, upstream, idle, stop).await;
+    events::close(&events::Close {
+        conn,
+        bytes_up: outcome.bytes_up.saturating_sub(request_head),
+        bytes_down: outcome.bytes_down,
+        duration_ms: started.elapsed().as_millis() as u64,
+        datapath: Some(outcome.path),
+        end: outcome.end,
+    });
+}
+
+/// Steps 1 to 6 and the decision line. Returns the client, the upstream and the CONNECT
+/// request head's length to relay; a refused connection ends here, with its close line.
+async fn admit(
+    cx: &Context,
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: u64,
+    started: Instant,
+) -> Option<(Endpoint, Endpoint, u64)> {
+    let (result, session) = Session::start(cx, stream, peer, conn).await;
     let Session {
         client,
         mut record,
@@ -197,23 +211,13 @@ pub async fn run(cx: Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
             record.action = Action::Allow;
             record.reason = decision.map_or_else(String::new, |reason| reason.to_string());
             events::decision(&record);
-            let stop = drain(cx.phase.clone());
-            let idle = Some(cx.live.limits.idle_timeout);
-            let outcome = cx.datapath.splice(client, upstream, idle, stop).await;
-            events::close(&events::Close {
-                conn,
-                bytes_up: outcome.bytes_up.saturating_sub(request_head),
-                bytes_down: outcome.bytes_down,
-                duration_ms: started.elapsed().as_millis() as u64,
-                datapath: Some(outcome.path),
-                end: outcome.end,
-            });
+            Some((client, upstream, request_head))
         }
         Err(refusal) => {
             record.action = Action::Deny;
             record.reason = refusal.to_string();
             events::decision(&record);
-            let signal = signal_for(&refusal, &cx, &record, tunnel_open);
+            let signal = signal_for(&refusal, cx, &record, tunnel_open);
             let bytes_up = client.bytes_read();
             log::debug!("conn {conn}: refused ({refusal}) with {signal:?}");
             // The refusal itself (a 403, an alert) counts as bytes sent to the client.
@@ -231,6 +235,7 @@ pub async fn run(cx: Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
                     _ => End::Fin,
                 },
             });
+            None
         }
     }
 }
@@ -281,6 +286,31 @@ fn signal_for(
 }
 
 impl<'a> Session<'a> {
+    /// Adopts the client socket (step 1), then runs the handshake within
+    /// `handshake_timeout`, unless shutdown starts first.
+    async fn start(
+        cx: &'a Context,
+        stream: TcpStream,
+        peer: SocketAddr,
+        conn: u64,
+    ) -> (Result<Endpoint, Refusal>, Self) {
+        let mut session = Session {
+            cx,
+            client: cx.datapath.adopt(stream, conn),
+            record: events::Decision::new(conn, &cx.listener.name, peer),
+            decision: None,
+            tunnel_open: false,
+            request_head: 0,
+        };
+        let mut phase = cx.phase.clone();
+        let handshake = tokio::time::timeout(cx.live.limits.handshake_timeout, session.handshake());
+        let result = tokio::select! {
+            result = handshake => result.unwrap_or(Err(Refusal::Timeout)),
+            _ = phase.wait_for(|p| *p != Phase::Running) => Err(Refusal::Shutdown),
+        };
+        (result, session)
+    }
+
     async fn handshake(&mut self) -> Result<Endpoint, Refusal> {
         match self.cx.listener.kind {
             ListenerKind::Connect { allow_sni_mismatch } => {
