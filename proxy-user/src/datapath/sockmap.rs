@@ -186,7 +186,9 @@ async fn direction_inner(
                     buf = Vec::new();
                 }
             }
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            // Woken with nothing to read (the readiness left over from the handshake, say):
+            // an idle connection keeps no buffer.
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => buf = Vec::new(),
             Err(err) => return End::from_io(&err),
         }
     }
