@@ -284,10 +284,7 @@ async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, info: Arc<Listene
             drop(guard);
             continue;
         }
-        tokio::spawn(async move {
-            session::run(cx, stream, peer, conn).await;
-            drop(guard);
-        });
+        tokio::spawn(session::run(cx, stream, peer, conn, guard));
     }
 }
 

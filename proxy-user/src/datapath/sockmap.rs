@@ -27,7 +27,7 @@
 //! push back on nothing.
 
 use std::{
-    future::poll_fn,
+    future::{Future, poll_fn},
     io,
     pin::pin,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
@@ -75,121 +75,135 @@ pub(super) async fn run(
 }
 
 /// One direction, `src` to `dst`, with a debug line on how it ended. `read` counts what
-/// userspace read from `src`, `dst_read` what the other direction read from `dst`.
-async fn direction(
-    kernel: &Kernel,
-    src: &Endpoint,
-    dst: &Endpoint,
-    read: &AtomicU64,
-    dst_read: &AtomicU64,
-) -> End {
-    let end = direction_inner(kernel, src, dst, read, dst_read).await;
-    let c = kernel.counters(src.cookie());
-    log::debug!(
-        "conn {}: sock {} -> {} ended {end:?}: read {} passed {} redirected {}",
-        src.conn(),
-        src.cookie(),
-        dst.cookie(),
-        read.load(Relaxed),
-        c.passed,
-        c.redirected
-    );
-    end
+/// userspace read from `src`, `dst_read` what the other direction read from `dst`. This and
+/// `direction_inner` are async blocks: every idle connection holds two of each.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+fn direction<'a>(
+    kernel: &'a Kernel,
+    src: &'a Endpoint,
+    dst: &'a Endpoint,
+    read: &'a AtomicU64,
+    dst_read: &'a AtomicU64,
+) -> impl Future<Output = End> + 'a {
+    async move {
+        let end = direction_inner(kernel, src, dst, read, dst_read).await;
+        let c = kernel.counters(src.cookie());
+        log::debug!(
+            "conn {}: sock {} -> {} ended {end:?}: read {} passed {} redirected {}",
+            src.conn(),
+            src.cookie(),
+            dst.cookie(),
+            read.load(Relaxed),
+            c.passed,
+            c.redirected
+        );
+        end
+    }
 }
 
-async fn direction_inner(
-    kernel: &Kernel,
-    src: &Endpoint,
-    dst: &Endpoint,
-    read: &AtomicU64,
-    dst_read: &AtomicU64,
-) -> End {
-    let mut written = dst.bytes_written();
-    let mut go = None;
-    let mut eof_since = None;
-    // Held only while bytes are being passed to us, so an idle spliced connection keeps
-    // no buffer.
-    let mut buf = Vec::new();
-    loop {
-        // No redirects into `dst` while it holds a large backlog of passed bytes the other
-        // direction has not read yet: its psock backlog would then carry its own pending
-        // passes and our redirects at once, and under that mix the kernel duplicated or
-        // dropped whole skbs (a server flooding the upstream before the handoff;
-        // datapath::prehandoff_flood_sockmap). Until then `go` cannot match, so our bytes
-        // pass and are relayed here. Only a large backlog: with any unread byte as the bar,
-        // two busy directions kept each other in userspace for a whole transfer.
-        let want = if dst.unread_passed(dst_read.load(Relaxed)) > UNREAD_LIMIT {
-            NOT_YET
-        } else {
-            read.load(Relaxed)
-        };
-        if go != Some(want) {
-            let limit = match credit_limit(dst.stream(), written) {
-                Ok(limit) => limit,
-                Err(err) => return End::from_io(&err),
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+fn direction_inner<'a>(
+    kernel: &'a Kernel,
+    src: &'a Endpoint,
+    dst: &'a Endpoint,
+    read: &'a AtomicU64,
+    dst_read: &'a AtomicU64,
+) -> impl Future<Output = End> + 'a {
+    async move {
+        let mut written = dst.bytes_written();
+        let mut go = None;
+        let mut eof_since = None;
+        // Held only while bytes are being passed to us, so an idle spliced connection keeps
+        // no buffer.
+        let mut buf = Vec::new();
+        loop {
+            // No redirects into `dst` while it holds a large backlog of passed bytes the other
+            // direction has not read yet: its psock backlog would then carry its own pending
+            // passes and our redirects at once, and under that mix the kernel duplicated or
+            // dropped whole skbs (a server flooding the upstream before the handoff;
+            // datapath::prehandoff_flood_sockmap). Until then `go` cannot match, so our bytes
+            // pass and are relayed here. Only a large backlog: with any unread byte as the bar,
+            // two busy directions kept each other in userspace for a whole transfer.
+            let want = if dst.unread_passed(dst_read.load(Relaxed)) > UNREAD_LIMIT {
+                NOT_YET
+            } else {
+                read.load(Relaxed)
             };
-            let handoff = Handoff {
-                peer: dst.cookie(),
-                go: want,
-                limit,
-                conn: src.conn(),
-            };
-            if let Err(err) = kernel.set_handoff(src.cookie(), handoff) {
-                log::warn!("sock {}: handoff map update failed: {err}", src.cookie());
-                return End::Error;
-            }
-            go = Some(want);
-        }
-        // Readable only for bytes the verdict passed, EOF or an error: redirected skbs
-        // never show up in the socket's own queue. poll_read_ready keeps the waker in the
-        // socket's registration, where readable() would hold a waiter in this future; this
-        // direction is the socket's only reader.
-        if let Err(err) = poll_fn(|cx| src.stream().poll_read_ready(cx)).await {
-            return End::from_io(&err);
-        }
-        buf.resize(BUFFER, 0);
-        match src.stream().try_read(&mut buf) {
-            Ok(0) => {
-                // Boxed: rare (EOF only), so an idle connection holds none of its state.
-                match Box::pin(eof_is_final(src, read.load(Relaxed), &mut eof_since)).await {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(end) => return end,
-                }
-                // FIN is not redirected. Shutting the peer down before its send queue has
-                // taken every redirected byte would drop them. Boxed: rare, as above.
-                if let Err(end) = Box::pin(drained(kernel, src, dst.stream(), written)).await {
-                    return end;
-                }
-                return match sockopt::shutdown_write(dst.stream()) {
-                    Ok(()) => End::Fin,
-                    Err(err) => End::from_io(&err),
+            if go != Some(want) {
+                let limit = match credit_limit(dst.stream(), written) {
+                    Ok(limit) => limit,
+                    Err(err) => return End::from_io(&err),
                 };
+                let handoff = Handoff {
+                    peer: dst.cookie(),
+                    go: want,
+                    limit,
+                    conn: src.conn(),
+                };
+                if let Err(err) = kernel.set_handoff(src.cookie(), handoff) {
+                    log::warn!("sock {}: handoff map update failed: {err}", src.cookie());
+                    return End::Error;
+                }
+                go = Some(want);
             }
-            Ok(n) => {
-                let counters = kernel.counters(src.cookie());
-                // Redirected skbs may still wait in the peer's psock queue; ours must not
-                // overtake them. Boxed: passed bytes are rare once the handoff is done.
-                if counters.redirected > 0
-                    && let Err(end) = Box::pin(drained(kernel, src, dst.stream(), written)).await
-                {
-                    return end;
-                }
-                // Boxed: as above, so idle connections do not reserve room for it.
-                if let Err(err) = Box::pin(write_all(dst.stream(), &buf[..n])).await {
-                    return End::from_io(&err);
-                }
-                written += n as u64;
-                let total = read.fetch_add(n as u64, Relaxed) + n as u64;
-                if counters.passed == total {
-                    // Caught up: the handoff completes on the next turn.
-                    buf = Vec::new();
-                }
+            // Readable only for bytes the verdict passed, EOF or an error: redirected skbs
+            // never show up in the socket's own queue. poll_read_ready keeps the waker in the
+            // socket's registration, where readable() would hold a waiter in this future; this
+            // direction is the socket's only reader.
+            if let Err(err) = poll_fn(|cx| src.stream().poll_read_ready(cx)).await {
+                return End::from_io(&err);
             }
-            // Woken with nothing to read (the readiness left over from the handshake, say):
-            // an idle connection keeps no buffer.
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => buf = Vec::new(),
-            Err(err) => return End::from_io(&err),
+            buf.resize(BUFFER, 0);
+            match src.stream().try_read(&mut buf) {
+                Ok(0) => {
+                    // Boxed: rare (EOF only), so an idle connection holds none of its state.
+                    match Box::pin(eof_is_final(src, read.load(Relaxed), &mut eof_since)).await {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(end) => return end,
+                    }
+                    // FIN is not redirected. Shutting the peer down before its send queue has
+                    // taken every redirected byte would drop them. Boxed: rare, as above.
+                    if let Err(end) = Box::pin(drained(kernel, src, dst.stream(), written)).await {
+                        return end;
+                    }
+                    return match sockopt::shutdown_write(dst.stream()) {
+                        Ok(()) => End::Fin,
+                        Err(err) => End::from_io(&err),
+                    };
+                }
+                Ok(n) => {
+                    let counters = kernel.counters(src.cookie());
+                    // Redirected skbs may still wait in the peer's psock queue; ours must not
+                    // overtake them. Boxed: passed bytes are rare once the handoff is done.
+                    if counters.redirected > 0
+                        && let Err(end) =
+                            Box::pin(drained(kernel, src, dst.stream(), written)).await
+                    {
+                        return end;
+                    }
+                    // Boxed: as above, so idle connections do not reserve room for it.
+                    if let Err(err) = Box::pin(write_all(dst.stream(), &buf[..n])).await {
+                        return End::from_io(&err);
+                    }
+                    written += n as u64;
+                    let total = read.fetch_add(n as u64, Relaxed) + n as u64;
+                    if counters.passed == total {
+                        // Caught up: the handoff completes on the next turn.
+                        buf = Vec::new();
+                    }
+                }
+                // Woken with nothing to read (the readiness left over from the handshake, say):
+                // an idle connection keeps no buffer.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => buf = Vec::new(),
+                Err(err) => return End::from_io(&err),
+            }
         }
     }
 }

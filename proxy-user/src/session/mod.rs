@@ -19,6 +19,7 @@
 mod refuse;
 
 use std::{
+    future::Future,
     net::SocketAddr,
     pin::pin,
     sync::Arc,
@@ -166,26 +167,46 @@ pub async fn refuse_over_limit(cx: &Context, stream: TcpStream, peer: SocketAddr
     });
 }
 
-/// Runs one accepted connection to its end.
-pub async fn run(cx: Context, stream: TcpStream, peer: SocketAddr, conn: u64) {
-    let started = Instant::now();
-    // Boxed: the handshake's state is large, and gone once the connection is relayed.
-    let Some((client, upstream, request_head)) =
-        Box::pin(admit(&cx, stream, peer, conn, started)).await
-    else {
-        return;
-    };
-    let stop = pin!(drain(cx.phase.clone()));
-    let idle = Some(cx.live.limits.idle_timeout);
-    let outcome = cx.datapath.splice(client, upstream, idle, stop).await;
-    events::close(&events::Close {
-        conn,
-        bytes_up: outcome.bytes_up.saturating_sub(request_head),
-        bytes_down: outcome.bytes_down,
-        duration_ms: started.elapsed().as_millis() as u64,
-        datapath: Some(outcome.path),
-        end: outcome.end,
-    });
+/// Runs one accepted connection to its end, then drops `open` (the agent counts open
+/// connections with it).
+///
+/// Every connection holds this future as its task for as long as it lasts, so it is kept
+/// small: an async block, not an async fn, which would store its arguments twice
+/// (rust-lang/rust#62958), and `open` is taken here rather than by a wrapping block that
+/// would hold the arguments once more.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+pub fn run(
+    cx: Context,
+    stream: TcpStream,
+    peer: SocketAddr,
+    conn: u64,
+    open: impl Send + 'static,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let started = Instant::now();
+        // Boxed: the handshake's state is large, and gone once the connection is relayed.
+        let Some((client, upstream, request_head)) =
+            Box::pin(admit(&cx, stream, peer, conn, started)).await
+        else {
+            drop(open);
+            return;
+        };
+        let stop = pin!(drain(cx.phase.clone()));
+        let idle = Some(cx.live.limits.idle_timeout);
+        let outcome = cx.datapath.splice(client, upstream, idle, stop).await;
+        events::close(&events::Close {
+            conn,
+            bytes_up: outcome.bytes_up.saturating_sub(request_head),
+            bytes_down: outcome.bytes_down,
+            duration_ms: started.elapsed().as_millis() as u64,
+            datapath: Some(outcome.path),
+            end: outcome.end,
+        });
+        drop(open);
+    }
 }
 
 /// Steps 1 to 6 and the decision line. Returns the client, the upstream and the CONNECT
