@@ -61,54 +61,34 @@ const CREDIT: u64 = 8 << 20;
 /// after a failed redirect).
 const BUFFER: usize = 64 << 10;
 
-pub(super) async fn run(
-    kernel: &Kernel,
-    client: &Endpoint,
-    upstream: &Endpoint,
-    moved: &Moved,
-) -> End {
-    both(
-        pin!(direction(kernel, client, upstream, &moved.up, &moved.down)),
-        pin!(direction(kernel, upstream, client, &moved.down, &moved.up)),
-    )
-    .await
+/// Both directions. Every idle connection on this path holds this future, so it and
+/// [`direction`] are async blocks.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+pub(super) fn run<'a>(
+    kernel: &'a Kernel,
+    client: &'a Endpoint,
+    upstream: &'a Endpoint,
+    moved: &'a Moved,
+) -> impl Future<Output = End> + Send + 'a {
+    async move {
+        both(
+            pin!(direction(kernel, client, upstream, &moved.up, &moved.down)),
+            pin!(direction(kernel, upstream, client, &moved.down, &moved.up)),
+        )
+        .await
+    }
 }
 
 /// One direction, `src` to `dst`, with a debug line on how it ended. `read` counts what
-/// userspace read from `src`, `dst_read` what the other direction read from `dst`. This and
-/// `direction_inner` are async blocks: every idle connection holds two of each.
+/// userspace read from `src`, `dst_read` what the other direction read from `dst`.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
 )]
 fn direction<'a>(
-    kernel: &'a Kernel,
-    src: &'a Endpoint,
-    dst: &'a Endpoint,
-    read: &'a AtomicU64,
-    dst_read: &'a AtomicU64,
-) -> impl Future<Output = End> + 'a {
-    async move {
-        let end = direction_inner(kernel, src, dst, read, dst_read).await;
-        let c = kernel.counters(src.cookie());
-        log::debug!(
-            "conn {}: sock {} -> {} ended {end:?}: read {} passed {} redirected {}",
-            src.conn(),
-            src.cookie(),
-            dst.cookie(),
-            read.load(Relaxed),
-            c.passed,
-            c.redirected
-        );
-        end
-    }
-}
-
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
-)]
-fn direction_inner<'a>(
     kernel: &'a Kernel,
     src: &'a Endpoint,
     dst: &'a Endpoint,
@@ -122,7 +102,7 @@ fn direction_inner<'a>(
         // Held only while bytes are being passed to us, so an idle spliced connection keeps
         // no buffer.
         let mut buf = Vec::new();
-        loop {
+        let end = loop {
             // No redirects into `dst` while it holds a large backlog of passed bytes the other
             // direction has not read yet: its psock backlog would then carry its own pending
             // passes and our redirects at once, and under that mix the kernel duplicated or
@@ -138,7 +118,7 @@ fn direction_inner<'a>(
             if go != Some(want) {
                 let limit = match credit_limit(dst.stream(), written) {
                     Ok(limit) => limit,
-                    Err(err) => return End::from_io(&err),
+                    Err(err) => break End::from_io(&err),
                 };
                 let handoff = Handoff {
                     peer: dst.cookie(),
@@ -148,7 +128,7 @@ fn direction_inner<'a>(
                 };
                 if let Err(err) = kernel.set_handoff(src.cookie(), handoff) {
                     log::warn!("sock {}: handoff map update failed: {err}", src.cookie());
-                    return End::Error;
+                    break End::Error;
                 }
                 go = Some(want);
             }
@@ -157,7 +137,7 @@ fn direction_inner<'a>(
             // socket's registration, where readable() would hold a waiter in this future; this
             // direction is the socket's only reader.
             if let Err(err) = poll_fn(|cx| src.stream().poll_read_ready(cx)).await {
-                return End::from_io(&err);
+                break End::from_io(&err);
             }
             buf.resize(BUFFER, 0);
             match src.stream().try_read(&mut buf) {
@@ -166,14 +146,14 @@ fn direction_inner<'a>(
                     match Box::pin(eof_is_final(src, read.load(Relaxed), &mut eof_since)).await {
                         Ok(true) => {}
                         Ok(false) => continue,
-                        Err(end) => return end,
+                        Err(end) => break end,
                     }
                     // FIN is not redirected. Shutting the peer down before its send queue has
                     // taken every redirected byte would drop them. Boxed: rare, as above.
                     if let Err(end) = Box::pin(drained(kernel, src, dst.stream(), written)).await {
-                        return end;
+                        break end;
                     }
-                    return match sockopt::shutdown_write(dst.stream()) {
+                    break match sockopt::shutdown_write(dst.stream()) {
                         Ok(()) => End::Fin,
                         Err(err) => End::from_io(&err),
                     };
@@ -186,11 +166,11 @@ fn direction_inner<'a>(
                         && let Err(end) =
                             Box::pin(drained(kernel, src, dst.stream(), written)).await
                     {
-                        return end;
+                        break end;
                     }
                     // Boxed: as above, so idle connections do not reserve room for it.
                     if let Err(err) = Box::pin(write_all(dst.stream(), &buf[..n])).await {
-                        return End::from_io(&err);
+                        break End::from_io(&err);
                     }
                     written += n as u64;
                     let total = read.fetch_add(n as u64, Relaxed) + n as u64;
@@ -202,9 +182,20 @@ fn direction_inner<'a>(
                 // Woken with nothing to read (the readiness left over from the handshake, say):
                 // an idle connection keeps no buffer.
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => buf = Vec::new(),
-                Err(err) => return End::from_io(&err),
+                Err(err) => break End::from_io(&err),
             }
-        }
+        };
+        let c = kernel.counters(src.cookie());
+        log::debug!(
+            "conn {}: sock {} -> {} ended {end:?}: read {} passed {} redirected {}",
+            src.conn(),
+            src.cookie(),
+            dst.cookie(),
+            read.load(Relaxed),
+            c.passed,
+            c.redirected
+        );
+        end
     }
 }
 

@@ -261,15 +261,29 @@ async fn admit(
     }
 }
 
-/// Resolves once SIGTERM's grace period is over: relayed connections then close.
-async fn drain(mut phase: watch::Receiver<Phase>) -> End {
-    let Ok(p) = phase.wait_for(|p| *p != Phase::Running).await.map(|p| *p) else {
-        return std::future::pending().await;
-    };
-    if let Phase::Draining { grace } = p {
-        tokio::time::sleep(grace).await;
+/// Resolves once SIGTERM's grace period is over: relayed connections then close. Every
+/// relayed connection holds it, so it is an async block, and it waits with `changed()`,
+/// whose future is smaller than `wait_for()`'s.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+fn drain(mut phase: watch::Receiver<Phase>) -> impl Future<Output = End> + Send {
+    async move {
+        let p = loop {
+            let p = *phase.borrow_and_update();
+            if p != Phase::Running {
+                break p;
+            }
+            if phase.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        };
+        if let Phase::Draining { grace } = p {
+            tokio::time::sleep(grace).await;
+        }
+        End::Shutdown
     }
-    End::Shutdown
 }
 
 /// What the client is told for a refusal.
