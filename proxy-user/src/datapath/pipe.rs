@@ -1,6 +1,7 @@
 //! splice(2) through a pipe: zero-copy, but every chunk costs two syscalls and a wakeup.
 
 use std::{
+    future::poll_fn,
     io,
     os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     pin::pin,
@@ -77,11 +78,10 @@ async fn direction(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> End {
         Err(err) => return End::from_io(&err),
     };
     loop {
-        let filled = match src
-            .async_io(Interest::READABLE, || {
-                splice(src.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_SIZE)
-            })
-            .await
+        let filled = match ready_io(src, Interest::READABLE, || {
+            splice(src.as_raw_fd(), pipe.write.as_raw_fd(), PIPE_SIZE)
+        })
+        .await
         {
             Ok(0) => {
                 return match sockopt::shutdown_write(dst) {
@@ -94,16 +94,40 @@ async fn direction(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> End {
         };
         let mut left = filled;
         while left > 0 {
-            match dst
-                .async_io(Interest::WRITABLE, || {
-                    splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
-                })
-                .await
+            match ready_io(dst, Interest::WRITABLE, || {
+                splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
+            })
+            .await
             {
                 Ok(n) => left -= n,
                 Err(err) => return End::from_io(&err),
             }
         }
         moved.fetch_add(filled as u64, Relaxed);
+    }
+}
+
+/// `stream.async_io(interest, op)`, but waiting with `poll_read_ready`/`poll_write_ready`,
+/// which keep the waker in the socket's registration: `async_io` holds a waiter in its
+/// future, and every idle connection holds two of these. Each socket here has one reader
+/// (its own direction) and one writer (the other), as those single wakers require.
+async fn ready_io<R>(
+    stream: &TcpStream,
+    interest: Interest,
+    mut op: impl FnMut() -> io::Result<R>,
+) -> io::Result<R> {
+    loop {
+        poll_fn(|cx| {
+            if interest.is_readable() {
+                stream.poll_read_ready(cx)
+            } else {
+                stream.poll_write_ready(cx)
+            }
+        })
+        .await?;
+        match stream.try_io(interest, &mut op) {
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+            result => return result,
+        }
     }
 }
