@@ -1,5 +1,7 @@
 //! The explicit proxy's request: `CONNECT host:port HTTP/1.1`, parsed without I/O.
 
+use std::net::Ipv6Addr;
+
 /// The largest request head accepted; CONNECT requests are a few hundred bytes.
 pub const MAX_REQUEST: usize = 8 * 1024;
 
@@ -93,16 +95,30 @@ fn head_end(buf: &[u8]) -> Option<usize> {
     })
 }
 
-/// `host:port` or `[v6]:port`.
+/// `host:port` or `[v6]:port` (RFC 9110 9.3.6, authority-form). An IPv6 literal must be in
+/// brackets and a name may not hold `:`, `[` or `]`, so that the host written back into a
+/// request (or a log line) reads the same; control characters are refused outright.
 fn split_authority(target: &str) -> Option<(&str, u16)> {
     let (host, port) = if let Some(rest) = target.strip_prefix('[') {
         let (host, rest) = rest.split_once(']')?;
+        host.parse::<Ipv6Addr>().ok()?;
         (host, rest.strip_prefix(':')?)
     } else {
-        target.rsplit_once(':')?
+        let (host, port) = target.rsplit_once(':')?;
+        if host.contains([':', '[', ']']) {
+            return None;
+        }
+        (host, port)
     };
+    if host.is_empty() || host.contains(|c: char| c.is_control()) {
+        return None;
+    }
+    // `u16::from_str` would also take a sign.
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
     let port: u16 = port.parse().ok().filter(|p| *p != 0)?;
-    (!host.is_empty()).then_some((host, port))
+    Some((host, port))
 }
 
 #[cfg(test)]
@@ -142,6 +158,7 @@ mod tests {
             b"CONNECT a:443 SSH/2\r\n\r\n",
             b"\x16\x03\x01\x00\n\n",
             b"CONNECT  a:1 HTTP/1.1\r\n\r\n",
+            b"CONNECT a:+443 HTTP/1.1\r\n\r\n",
         ] {
             assert!(
                 matches!(parse(bad), Request::Reject(Reject::BadRequest(_))),
@@ -151,6 +168,37 @@ mod tests {
         assert_eq!(
             parse(&vec![b'A'; MAX_REQUEST + 1]),
             Request::Reject(Reject::TooLarge)
+        );
+    }
+
+    /// Found by the `connect` fuzz target: `:]:4` was taken as host `:]`, which cannot be
+    /// written back as `host:port` (nor as `[host]:port`) and mean the same.
+    #[test]
+    fn authority_is_unambiguous() {
+        for bad in [
+            "CONNECT :]:4 HTTP/1.\n\n",
+            "CONNECT 2001:db8::1:443 HTTP/1.1\r\n\r\n",
+            "CONNECT 2001:[2001:db8::1]:8443 HTTP/1.1\r\n\r\n",
+            "CONNECT a]:443 HTTP/1.1\r\n\r\n",
+            "CONNECT [example.com]:443 HTTP/1.1\r\n\r\n",
+            "CONNECT [::1]x:443 HTTP/1.1\r\n\r\n",
+            "CONNECT a\tb:443 HTTP/1.1\r\n\r\n",
+            "CONNECT a\rb:443 HTTP/1.1\r\n\r\n",
+        ] {
+            assert_eq!(
+                parse(bad.as_bytes()),
+                Request::Reject(Reject::BadRequest("target is not host:port")),
+                "{bad:?}"
+            );
+        }
+        let v6 = "CONNECT [2001:db8::1]:8443 HTTP/1.1\r\n\r\n";
+        assert_eq!(
+            parse(v6.as_bytes()),
+            Request::Connect {
+                host: "2001:db8::1".into(),
+                port: 8443,
+                head_len: v6.len()
+            }
         );
     }
 }

@@ -301,3 +301,40 @@ fn sigkill_resets_spliced_connections_and_restart_is_clean() {
     assert_eq!(read_end(&mut stream), Ok(0));
     assert_eq!(server_end(&ends), Ok(()));
 }
+
+/// A slowloris client sending its ClientHello at 1 byte/s through the SNI listener is
+/// reset at `handshake_timeout`, with `reason = "timeout"`, however steadily it trickles.
+#[test]
+fn slowloris_client_hello_is_closed_at_handshake_timeout() {
+    let _ns = NetNs::enter_new();
+    let agent = Agent::start(&config("sockmap", "handshake_timeout = \"2s\""));
+    let mut stream = TcpStream::connect(SNI).unwrap();
+    // A handshake record header announcing a 512-byte ClientHello, then its body.
+    let hello = [22u8, 3, 1, 2, 0, 1, 0, 1, 252, 3, 3];
+    let started = Instant::now();
+    let mut sent = 0;
+    let reset = loop {
+        if sent < hello.len() && stream.write_all(&hello[sent..=sent]).is_err() {
+            break true;
+        }
+        sent += 1;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(1)))
+            .unwrap();
+        match stream.read(&mut [0u8; 16]) {
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+            Err(e) => break e.kind() == ErrorKind::ConnectionReset,
+            Ok(n) => panic!("read {n} bytes instead of a reset"),
+        }
+        assert!(started.elapsed() < WAIT, "the slow client was never closed");
+    };
+    let waited = started.elapsed();
+    assert!(reset, "the slow client was not reset");
+    assert!(
+        waited >= Duration::from_millis(1900) && waited < Duration::from_secs(4),
+        "reset after {waited:?}, sent {sent} bytes"
+    );
+    let conn = agent.wait_conn("the slow hello", |d| d["conn"] == 1);
+    assert_eq!(conn.decision["reason"], "timeout", "{}", conn.decision);
+    assert_eq!(conn.close["end"], "timeout", "{}", conn.close);
+}
