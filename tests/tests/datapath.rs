@@ -173,8 +173,14 @@ fn half_close_copy() {
 fn handoff_race(path: Path, connections: u64) {
     let _ns = NetNs::enter_new();
     let (listener, addr) = listen();
-    let reports = server(listener, |i| {
-        settled(Rng::new(i).range(8, 512 << 10), 7 + i)
+    // Both sides wait 250 ms before FIN: a FIN before the relay adopts a socket (possible
+    // with `settled`'s 50 ms on a loaded machine) rightly takes the copy path.
+    let late_fin = |send, seed| Plan {
+        fin_delay: Duration::from_millis(250),
+        ..Plan::new(send, seed)
+    };
+    let reports = server(listener, move |i| {
+        late_fin(Rng::new(i).range(8, 512 << 10), 7 + i)
     });
     let mut relay = Relay::start(path, addr, 1500);
     let parallel = 16;
@@ -186,7 +192,7 @@ fn handoff_race(path: Path, connections: u64) {
             let mut rng = Rng::new(worker);
             for seed in (worker..connections).step_by(parallel as usize) {
                 let stream = TcpStream::connect(relay_addr).expect("connecting to the relay");
-                let plan = settled(rng.range(8, 512 << 10), 1_000_000 + seed);
+                let plan = late_fin(rng.range(8, 512 << 10), 1_000_000 + seed);
                 done_tx
                     .send(exchange(stream, plan))
                     .expect("test ended early");

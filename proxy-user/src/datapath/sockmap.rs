@@ -13,12 +13,12 @@
 //! Backpressure: a redirected skb leaves the source's receive memory at once and waits in
 //! the peer's psock queue, charged to no socket, so TCP keeps the sender's window open and a
 //! slow receiver lets the kernel queue without bound. Each handoff therefore grants credit:
-//! bytes the verdict may redirect beyond what the peer's send queue has taken, at most
-//! [`CREDIT`] and at most what the peer's send buffer has room for. Out of credit, the
-//! verdict passes; the next pass wakes this loop, which relays those bytes only once the
-//! psock queue is empty and the peer's send buffer takes them (so it blocks with a slow
-//! receiver, the source's receive queue fills and TCP closes its window), then grants new
-//! credit. A fast receiver costs one relayed skb per [`CREDIT`] bytes.
+//! bytes the verdict may redirect beyond what the peer's send queue has taken, no more than
+//! the peer's send buffer has room for. Out of credit, the verdict passes; the next pass
+//! wakes this loop, which relays those bytes only once the psock queue is empty and the
+//! peer's send buffer takes them (so it blocks with a slow receiver, the source's receive
+//! queue fills and TCP closes its window), then grants new credit. A fast receiver costs
+//! one relayed skb per half send buffer (32 MiB with ours).
 //!
 //! The send-buffer bound keeps psock queues empty, and that matters to the other direction:
 //! a passed skb is charged to its socket's receive memory (closing the window) only when
@@ -52,10 +52,6 @@ const UNREAD_LIMIT: u64 = 1 << 20;
 
 /// A `go` that the verdict's `passed` count never reaches: every byte passes.
 const NOT_YET: u64 = u64::MAX;
-
-/// The credit of each handoff: bytes the verdict may redirect into the peer beyond what its
-/// send queue has taken. It bounds the peer's psock queue, the memory TCP cannot see.
-const CREDIT: u64 = 8 << 20;
 
 /// The read buffer while bytes are passed to userspace (before the handoff completes, or
 /// after a failed redirect).
@@ -201,12 +197,17 @@ fn direction<'a>(
 
 /// The `limit` of a new handoff into `dst`: the redirected bytes its send queue has taken
 /// (all it ever queued, `bytes_acked + SIOCOUTQ`, but the `written` bytes userspace wrote),
-/// plus the credit. Half the free send buffer: the kernel counts skb overhead too.
+/// plus the credit: half the free send buffer, as the kernel counts skb overhead too. So
+/// the redirected bytes fit in the send buffer, and the psock queue, the memory TCP cannot
+/// see, only holds them until the backlog worker moves them there.
 fn credit_limit(dst: &tokio::net::TcpStream, written: u64) -> io::Result<u64> {
     let queued = sockopt::tcp_info(dst)?.bytes_acked + sockopt::send_queue(dst)?;
-    let credit = CREDIT.min(sockopt::send_space(dst)? / 2);
-    Ok(queued.saturating_sub(written) + credit)
+    Ok(queued.saturating_sub(written) + sockopt::send_space(dst)? / 2)
 }
+
+/// Checks of `drained` that only yield before it starts sleeping: the backlog worker
+/// usually empties the psock queue within microseconds, and a timer sleeps a millisecond.
+const SPINS: u32 = 64;
 
 /// Waits until `dst`'s send queue has taken everything meant for it: what userspace wrote
 /// plus what the verdict redirected from `src`. Bytes ever queued for sending are
@@ -219,6 +220,7 @@ async fn drained(
 ) -> Result<(), End> {
     let mut delay = Duration::from_micros(50);
     let mut idle_since = None;
+    let mut spins = 0;
     loop {
         let target = written + kernel.counters(src.cookie()).redirected;
         let info = sockopt::tcp_info(dst).map_err(|e| End::from_io(&e))?;
@@ -252,6 +254,11 @@ async fn drained(
                 info.bytes_acked + queued
             );
             return Err(End::Rst);
+        }
+        if spins < SPINS {
+            spins += 1;
+            tokio::task::yield_now().await;
+            continue;
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(10));
