@@ -29,7 +29,7 @@
 use std::{
     future::{Future, poll_fn},
     io,
-    pin::pin,
+    pin::{Pin, pin},
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
@@ -95,6 +95,12 @@ fn direction<'a>(
         let mut written = dst.bytes_written();
         let mut go = None;
         let mut eof_since = None;
+        // While bytes are being redirected, the credit is topped up every TOP_UP, so a fast
+        // receiver never runs it out (each run-out relays skbs here until userspace catches
+        // up with a sender that keeps sending, which can take the whole transfer). Boxed and
+        // dropped once a tick sees no progress, so an idle connection holds no timer.
+        let mut top_up: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        let mut last_redirected = 0;
         // Held only while bytes are being passed to us, so an idle spliced connection keeps
         // no buffer.
         let mut buf = Vec::new();
@@ -127,13 +133,48 @@ fn direction<'a>(
                     break End::Error;
                 }
                 go = Some(want);
+                top_up = Some(Box::pin(tokio::time::sleep(TOP_UP)));
             }
             // Readable only for bytes the verdict passed, EOF or an error: redirected skbs
             // never show up in the socket's own queue. poll_read_ready keeps the waker in the
             // socket's registration, where readable() would hold a waiter in this future; this
             // direction is the socket's only reader.
-            if let Err(err) = poll_fn(|cx| src.stream().poll_read_ready(cx)).await {
-                break End::from_io(&err);
+            let ready = poll_fn(|cx| {
+                if let Some(tick) = top_up.as_mut()
+                    && tick.as_mut().poll(cx).is_ready()
+                {
+                    return std::task::Poll::Ready(None);
+                }
+                src.stream().poll_read_ready(cx).map(Some)
+            })
+            .await;
+            match ready {
+                Some(Ok(())) => {}
+                Some(Err(err)) => break End::from_io(&err),
+                None => {
+                    let redirected = kernel.counters(src.cookie()).redirected;
+                    if redirected == last_redirected {
+                        top_up = None;
+                        continue;
+                    }
+                    last_redirected = redirected;
+                    let limit = match credit_limit(dst.stream(), written) {
+                        Ok(limit) => limit,
+                        Err(err) => break End::from_io(&err),
+                    };
+                    let handoff = Handoff {
+                        peer: dst.cookie(),
+                        go: go.unwrap_or(NOT_YET),
+                        limit,
+                        conn: src.conn(),
+                    };
+                    if let Err(err) = kernel.set_handoff(src.cookie(), handoff) {
+                        log::warn!("sock {}: handoff map update failed: {err}", src.cookie());
+                        break End::Error;
+                    }
+                    top_up = Some(Box::pin(tokio::time::sleep(TOP_UP)));
+                    continue;
+                }
             }
             buf.resize(BUFFER, 0);
             match src.stream().try_read(&mut buf) {
@@ -204,6 +245,9 @@ fn credit_limit(dst: &tokio::net::TcpStream, written: u64) -> io::Result<u64> {
     let queued = sockopt::tcp_info(dst)?.bytes_acked + sockopt::send_queue(dst)?;
     Ok(queued.saturating_sub(written) + sockopt::send_space(dst)? / 2)
 }
+
+/// How often the credit of a direction that is redirecting is topped up.
+const TOP_UP: Duration = Duration::from_millis(1);
 
 /// Checks of `drained` that only yield before it starts sleeping: the backlog worker
 /// usually empties the psock queue within microseconds, and a timer sleeps a millisecond.
