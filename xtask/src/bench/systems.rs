@@ -49,6 +49,8 @@ pub struct Running {
     child: Option<Child>,
     /// Where the system's stdout goes: sockgate's decision and close lines.
     stdout: PathBuf,
+    /// The system's config and log directory (removed with the bench's temp dir).
+    dir: PathBuf,
 }
 
 impl Running {
@@ -67,6 +69,7 @@ impl Running {
                 addr: server,
                 child: None,
                 stdout: PathBuf::new(),
+                dir: PathBuf::new(),
             });
         }
         let addr = free_port()?;
@@ -92,6 +95,7 @@ impl Running {
             addr,
             child: Some(child),
             stdout,
+            dir: dir.to_owned(),
         };
         running.wait_listening(dir)?;
         Ok(running)
@@ -165,6 +169,16 @@ impl Drop for Running {
         let Some(child) = &mut self.child else {
             return;
         };
+        // The temp dir goes with the bench: keep the last logs of each system, so a failed
+        // run can be explained.
+        let kept = crate::exec::workspace_root()
+            .join("target/bench/logs")
+            .join(self.name);
+        if std::fs::create_dir_all(&kept).is_ok() {
+            for log in ["stderr.log", "stdout.log"] {
+                let _ = std::fs::copy(self.dir.join(log), kept.join(log));
+            }
+        }
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(5);
