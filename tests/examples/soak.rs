@@ -246,6 +246,15 @@ hosts = { "allowed.test" = ["127.0.0.1"], "denied.test" = ["127.0.0.1"] }
         println!("LEAK: connections, fds or map entries are not back at their baseline");
     }
     if t.failures.load(Relaxed) > 0 || leaks {
+        // What sockgate said about it: its warnings and errors.
+        let log = agent.stderr();
+        for line in log
+            .lines()
+            .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+            .take(50)
+        {
+            println!("sockgate: {line}");
+        }
         std::process::exit(1);
     }
 }
