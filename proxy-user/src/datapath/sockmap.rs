@@ -95,12 +95,15 @@ fn direction<'a>(
         let mut written = dst.bytes_written();
         let mut go = None;
         let mut eof_since = None;
-        // While bytes are being redirected, the credit is topped up every TOP_UP, so a fast
-        // receiver never runs it out (each run-out relays skbs here until userspace catches
-        // up with a sender that keeps sending, which can take the whole transfer). Boxed and
-        // dropped once a tick sees no progress, so an idle connection holds no timer.
+        // While bytes are being redirected, the credit is topped up every TOP_UP << slower,
+        // so a fast receiver never runs it out (each run-out relays skbs here until
+        // userspace catches up with a sender that keeps sending, which can take the whole
+        // transfer). A flow that would take several ticks to use its credit is checked
+        // ever less often, so many slow connections cost few wakeups. Boxed and dropped
+        // once a tick sees no progress, so an idle connection holds no timer.
         let mut top_up: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut last_redirected = 0;
+        let mut slower = 0u32;
         // Held only while bytes are being passed to us, so an idle spliced connection keeps
         // no buffer.
         let mut buf = Vec::new();
@@ -133,6 +136,7 @@ fn direction<'a>(
                     break End::Error;
                 }
                 go = Some(want);
+                slower = 0;
                 top_up = Some(Box::pin(tokio::time::sleep(TOP_UP)));
             }
             // Readable only for bytes the verdict passed, EOF or an error: redirected skbs
@@ -157,6 +161,7 @@ fn direction<'a>(
                         top_up = None;
                         continue;
                     }
+                    let moved = redirected - last_redirected;
                     last_redirected = redirected;
                     let limit = match credit_limit(dst.stream(), written) {
                         Ok(limit) => limit,
@@ -172,7 +177,12 @@ fn direction<'a>(
                         log::warn!("sock {}: handoff map update failed: {err}", src.cookie());
                         break End::Error;
                     }
-                    top_up = Some(Box::pin(tokio::time::sleep(TOP_UP)));
+                    slower = if moved * 4 < limit.saturating_sub(redirected) {
+                        (slower + 1).min(MAX_SLOWER)
+                    } else {
+                        0
+                    };
+                    top_up = Some(Box::pin(tokio::time::sleep(TOP_UP * (1 << slower))));
                     continue;
                 }
             }
@@ -246,8 +256,10 @@ fn credit_limit(dst: &tokio::net::TcpStream, written: u64) -> io::Result<u64> {
     Ok(queued.saturating_sub(written) + sockopt::send_space(dst)? / 2)
 }
 
-/// How often the credit of a direction that is redirecting is topped up.
+/// How often the credit of a direction that is redirecting fast is topped up; a slow one
+/// every `TOP_UP << MAX_SLOWER` (about a second) at the least.
 const TOP_UP: Duration = Duration::from_millis(1);
+const MAX_SLOWER: u32 = 10;
 
 /// Checks of `drained` that only yield before it starts sleeping: the backlog worker
 /// usually empties the psock queue within microseconds, and a timer sleeps a millisecond.
