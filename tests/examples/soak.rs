@@ -166,7 +166,7 @@ fn main() {
         .skip_while(|a| a != "--secs")
         .nth(1)
         .map_or(600, |s| s.parse().expect("--secs takes a number"));
-    let _ns = NetNs::enter_new();
+    let ns = NetNs::enter_new();
     let (listener, addr) = listen();
     // Servers send up to 4 MiB; every fourth one only after the client's FIN.
     let rx = server(listener, |i| {
@@ -245,7 +245,8 @@ hosts = { "allowed.test" = ["127.0.0.1"], "denied.test" = ["127.0.0.1"] }
     if leaks {
         println!("LEAK: connections, fds or map entries are not back at their baseline");
     }
-    if t.failures.load(Relaxed) > 0 || leaks {
+    let failed = t.failures.load(Relaxed) > 0 || leaks;
+    if failed {
         // What sockgate said about it: its warnings and errors.
         let log = agent.stderr();
         for line in log
@@ -255,6 +256,11 @@ hosts = { "allowed.test" = ["127.0.0.1"], "denied.test" = ["127.0.0.1"] }
         {
             println!("sockgate: {line}");
         }
+    }
+    // exit() skips destructors: stop the agent and remove the namespace first.
+    drop(agent);
+    drop(ns);
+    if failed {
         std::process::exit(1);
     }
 }
