@@ -121,19 +121,8 @@ fn direction<'a>(
                 read.load(Relaxed)
             };
             if go != Some(want) {
-                let limit = match credit_limit(dst.stream(), written) {
-                    Ok(limit) => limit,
-                    Err(err) => break End::from_io(&err),
-                };
-                let handoff = Handoff {
-                    peer: dst.cookie(),
-                    go: want,
-                    limit,
-                    conn: src.conn(),
-                };
-                if let Err(err) = kernel.set_handoff(src.cookie(), handoff) {
-                    log::warn!("sock {}: handoff map update failed: {err}", src.cookie());
-                    break End::Error;
+                if let Err(end) = hand_off(kernel, src, dst, want, written) {
+                    break end;
                 }
                 go = Some(want);
                 slower = 0;
@@ -163,20 +152,10 @@ fn direction<'a>(
                     }
                     let moved = redirected - last_redirected;
                     last_redirected = redirected;
-                    let limit = match credit_limit(dst.stream(), written) {
+                    let limit = match hand_off(kernel, src, dst, go.unwrap_or(NOT_YET), written) {
                         Ok(limit) => limit,
-                        Err(err) => break End::from_io(&err),
+                        Err(end) => break end,
                     };
-                    let handoff = Handoff {
-                        peer: dst.cookie(),
-                        go: go.unwrap_or(NOT_YET),
-                        limit,
-                        conn: src.conn(),
-                    };
-                    if let Err(err) = kernel.set_handoff(src.cookie(), handoff) {
-                        log::warn!("sock {}: handoff map update failed: {err}", src.cookie());
-                        break End::Error;
-                    }
                     slower = if moved * 4 < limit.saturating_sub(redirected) {
                         (slower + 1).min(MAX_SLOWER)
                     } else {
@@ -244,6 +223,28 @@ fn direction<'a>(
         );
         end
     }
+}
+
+/// Writes `src`'s handoff to `dst` with `go` and fresh credit; returns the new limit.
+fn hand_off(
+    kernel: &Kernel,
+    src: &Endpoint,
+    dst: &Endpoint,
+    go: u64,
+    written: u64,
+) -> Result<u64, End> {
+    let limit = credit_limit(dst.stream(), written).map_err(|e| End::from_io(&e))?;
+    let handoff = Handoff {
+        peer: dst.cookie(),
+        go,
+        limit,
+        conn: src.conn(),
+    };
+    if let Err(err) = kernel.set_handoff(src.cookie(), handoff) {
+        log::warn!("sock {}: handoff map update failed: {err}", src.cookie());
+        return Err(End::Error);
+    }
+    Ok(limit)
 }
 
 /// The `limit` of a new handoff into `dst`: the redirected bytes its send queue has taken
