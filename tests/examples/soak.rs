@@ -23,7 +23,7 @@ use std::{
 use proxy_user::sockopt;
 use sockgate_tests::{
     Rng,
-    agent::Agent,
+    agent::{Agent, connect_config},
     netns::NetNs,
     peers::{Plan, Report, exchange, listen, server},
     programs::connect_tunnel,
@@ -176,27 +176,7 @@ fn main() {
             ..Plan::new(rng.range(0, MAX_SIZE), 0x5e + i)
         }
     });
-    let agent = Agent::start(
-        r#"
-datapath = "sockmap"
-
-[[listener]]
-name = "proxy"
-mode = "connect"
-address = "127.0.0.1:3128"
-
-[policy]
-default = "deny"
-
-[[policy.rule]]
-name = "allow"
-action = "allow"
-fqdn = ["allowed.test"]
-
-[resolver]
-hosts = { "allowed.test" = ["127.0.0.1"], "denied.test" = ["127.0.0.1"] }
-"#,
-    );
+    let agent = Agent::start(&connect_config(""));
     let before = agent.stats();
     let reports = Arc::new(Reports {
         rx: Mutex::new(rx),

@@ -300,6 +300,36 @@ pub struct Conn {
     pub close: Value,
 }
 
+/// A config with one CONNECT listener, `proxy` on 127.0.0.1:3128, on sockmap: allowed.test
+/// is allowed on any port, anything else denied, and allowed.test and denied.test resolve
+/// to loopback. `limits` is the body of its `[limits]` table.
+pub fn connect_config(limits: &str) -> String {
+    format!(
+        r#"
+datapath = "sockmap"
+
+[[listener]]
+name = "proxy"
+mode = "connect"
+address = "127.0.0.1:3128"
+
+[policy]
+default = "deny"
+
+[[policy.rule]]
+name = "allow-test"
+action = "allow"
+fqdn = ["allowed.test"]
+
+[resolver]
+hosts = {{ "allowed.test" = ["127.0.0.1"], "denied.test" = ["127.0.0.1"] }}
+
+[limits]
+{limits}
+"#
+    )
+}
+
 /// A running `sockgate run -c <config>`.
 pub struct Agent {
     proc: Proc,

@@ -13,7 +13,7 @@ use std::{
 use proxy_user::sockopt;
 use serde_json::Value;
 use sockgate_tests::{
-    agent::{Agent, WAIT},
+    agent::{Agent, WAIT, connect_config},
     netns::NetNs,
     programs::{banner_server, connect_tunnel},
 };
@@ -24,30 +24,6 @@ const WARMUP: u64 = 2_000;
 /// Handshake timeouts are slow by nature; these many run in concurrent batches.
 const TIMEOUTS: u64 = 1_000;
 const WORKERS: u64 = 8;
-
-const CONFIG: &str = r#"
-datapath = "sockmap"
-
-[[listener]]
-name = "proxy"
-mode = "connect"
-address = "127.0.0.1:3128"
-
-[policy]
-default = "deny"
-
-[[policy.rule]]
-name = "allow-test"
-action = "allow"
-fqdn = ["allowed.test"]
-
-[resolver]
-hosts = { "allowed.test" = ["127.0.0.1"], "denied.test" = ["127.0.0.1"] }
-
-[limits]
-handshake_timeout = "300ms"
-client_first_timeout = "100ms"
-"#;
 
 /// One connection of kind `i % 4`: allowed with a round trip and FIN, denied (403), reset
 /// by the client after a round trip, allowed with a round trip and FIN again.
@@ -128,7 +104,9 @@ fn quiet_stats(agent: &Agent) -> Value {
 fn hundred_thousand_connections_leave_no_trace() {
     let _ns = NetNs::enter_new();
     banner_server(TcpListener::bind("127.0.0.1:2525").unwrap(), b"hi\r\n");
-    let agent = Agent::start(CONFIG);
+    let agent = Agent::start(&connect_config(
+        "handshake_timeout = \"300ms\"\nclient_first_timeout = \"100ms\"",
+    ));
 
     let started = Instant::now();
     churn(0, WARMUP, 100);

@@ -11,7 +11,7 @@ use std::{
 };
 
 use sockgate_tests::{
-    agent::{Agent, TempDir, WAIT, assert_close_shape, assert_decision_shape, run},
+    agent::{Agent, TempDir, WAIT, assert_close_shape, assert_decision_shape, connect_config, run},
     netns::NetNs,
     programs::{
         Pki, SClient, Serve, Sshd, banner_server, connect_tunnel, curl, raw_exchange, require,
@@ -24,31 +24,7 @@ const PROXY: &str = "127.0.0.1:3128";
 /// A connect listener on [`PROXY`]; allowed.test is allowed on any port, and both test
 /// names resolve to loopback.
 fn config() -> String {
-    format!(
-        r#"
-datapath = "sockmap"
-
-[[listener]]
-name = "proxy"
-mode = "connect"
-address = "{PROXY}"
-
-[policy]
-default = "deny"
-
-[[policy.rule]]
-name = "allow-test"
-action = "allow"
-fqdn = ["allowed.test"]
-
-[resolver]
-hosts = {{ "allowed.test" = ["127.0.0.1"], "denied.test" = ["127.0.0.1"] }}
-
-[limits]
-client_first_timeout = "300ms"
-shutdown_grace = "1s"
-"#
-    )
+    connect_config("client_first_timeout = \"300ms\"\nshutdown_grace = \"1s\"")
 }
 
 fn proxy() -> SocketAddr {
