@@ -61,7 +61,32 @@ pub struct SockCounters {
     /// Redirects that failed (peer gone from the map); those bytes were passed instead.
     /// Written by the verdict; read by userspace (logs and tests).
     pub redirect_failures: u64,
+    /// The TCP sequence number just past the last byte the verdict let through, with
+    /// [`SEQ_KNOWN`] set once there is one. Written and read by the verdict only.
+    pub next_seq: u64,
+    /// Bytes the kernel handed to the verdict a second time, which it cut off. A segment
+    /// that overlaps bytes already received (a retransmission cut differently, an
+    /// out-of-order segment that a retransmission covered in part) stays whole in the
+    /// receive queue: `tcp_recvmsg` skips the overlap, but `tcp_read_skb`, which feeds the
+    /// verdict, hands over the whole skb, so every overlapping byte would reach the peer
+    /// twice. Written by the verdict; read by userspace (logs and tests).
+    pub overlap: u64,
+    /// Skbs that may repeat bytes and could not be cut: their sequence numbers did not
+    /// check out, or trimming failed. They are passed, never redirected, and userspace
+    /// resets the connection rather than relay them. Written by the verdict; read by
+    /// userspace.
+    pub uncut: u64,
 }
+
+/// Marks [`SockCounters::next_seq`] as set; the sequence number is the low 32 bits.
+pub const SEQ_KNOWN: u64 = 1 << 32;
+
+/// Where the verdict reads an skb's TCP sequence numbers: `struct sk_buff` holds `cb` at
+/// this offset, and `struct tcp_skb_cb` starts with `seq` and `end_seq` (u32 each). The
+/// context is not allowed to reach them, so the verdict reads kernel memory there;
+/// userspace checks this layout against the running kernel's BTF before loading, and the
+/// verdict checks every skb's pair against its length.
+pub const SKB_CB_OFFSET: usize = 40;
 
 #[cfg(feature = "user")]
 mod pod {

@@ -9,13 +9,13 @@ use aya_ebpf::{
         BPF_F_NO_PREALLOC,
         sk_action::{SK_DROP, SK_PASS},
     },
-    helpers::bpf_get_socket_cookie,
+    helpers::{bpf_get_socket_cookie, bpf_probe_read_kernel},
     macros::{map, stream_verdict},
     maps::{HashMap, SockHash},
     programs::SkBuffContext,
 };
 use aya_log_ebpf::{info, warn};
-use proxy_common::{Handoff, MAX_SOCKETS, SockCounters};
+use proxy_common::{Handoff, MAX_SOCKETS, SEQ_KNOWN, SKB_CB_OFFSET, SockCounters};
 
 #[map(name = "SOCKS")]
 static SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_SOCKETS, 0);
@@ -58,6 +58,12 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
     if len == 0 {
         return SK_DROP;
     }
+    let len = match cut_overlap(ctx, counters, len) {
+        Cut::Keep(len) => len,
+        Cut::Drop => return SK_DROP,
+        // Userspace resets the connection when it sees `uncut`; it must not be redirected.
+        Cut::Uncut(len) => return pass(counters, len),
+    };
     // Not handed off yet, or userspace has not caught up with what it was passed: pass, so
     // that userspace writes those bytes to the peer before anything later is redirected.
     let handoff = match HANDOFF.get_ptr(cookie) {
@@ -94,6 +100,78 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
     }
     counters.redirected += len;
     SK_PASS
+}
+
+enum Cut {
+    /// Deliver the skb, now this long.
+    Keep(u64),
+    /// Every byte was delivered before.
+    Drop,
+    /// It may repeat bytes and could not be cut; pass it, now this long.
+    Uncut(u64),
+}
+
+/// The most `bpf_skb_adjust_room` removes per call (sk_skb_adjust_room, net/core/filter.c).
+const CUT_STEP: u32 = 0xfff;
+/// Calls per skb: 524,160 bytes, more than the largest skb TCP receives (64 KiB GSO on
+/// loopback, 512 KiB with BIG TCP).
+const MAX_CUTS: u32 = 128;
+
+/// Cuts off the front of an skb whatever this socket's verdict already let through.
+/// `tcp_read_skb` hands over whole skbs from the receive queue, including one that starts
+/// before `rcv_nxt` had reached it (see `SockCounters::overlap`); without this the peer
+/// got those bytes twice (datapath::prehandoff_flood_sockmap, every run).
+#[inline(always)]
+fn cut_overlap(ctx: &SkBuffContext, counters: &mut SockCounters, len: u64) -> Cut {
+    // SAFETY: the context is the kernel's sk_buff; the helper reads kernel memory safely.
+    let seqs = unsafe {
+        bpf_probe_read_kernel(
+            ctx.skb
+                .skb
+                .cast::<u8>()
+                .add(SKB_CB_OFFSET)
+                .cast::<[u32; 2]>(),
+        )
+    };
+    let Ok([seq, end_seq]) = seqs else {
+        counters.uncut += 1;
+        return Cut::Uncut(len);
+    };
+    // A FIN takes one sequence number of its own.
+    let span = u64::from(end_seq.wrapping_sub(seq));
+    if span != len && span != len + 1 {
+        counters.uncut += 1;
+        return Cut::Uncut(len);
+    }
+    let known = counters.next_seq & SEQ_KNOWN != 0;
+    let overlap = (counters.next_seq as u32).wrapping_sub(seq) as i32;
+    if !known || overlap <= 0 {
+        counters.next_seq = SEQ_KNOWN | u64::from(end_seq);
+        return Cut::Keep(len);
+    }
+    let overlap = overlap as u32;
+    if u64::from(overlap) >= len {
+        counters.overlap += len;
+        return Cut::Drop;
+    }
+    let mut left = overlap;
+    for _ in 0..MAX_CUTS {
+        if left == 0 {
+            break;
+        }
+        let step = if left < CUT_STEP { left } else { CUT_STEP };
+        if ctx.adjust_room(-(step as i32), 0, 0).is_err() {
+            break;
+        }
+        left -= step;
+    }
+    counters.next_seq = SEQ_KNOWN | u64::from(end_seq);
+    if left != 0 {
+        counters.uncut += 1;
+        return Cut::Uncut(len - u64::from(overlap - left));
+    }
+    counters.overlap += u64::from(overlap);
+    Cut::Keep(len - u64::from(overlap))
 }
 
 #[inline(always)]

@@ -31,6 +31,8 @@ pub enum LoadError {
     Log(#[from] aya_log::Error),
     #[error("aya-log reader: {0}")]
     LogReader(std::io::Error),
+    #[error("the verdict cannot find TCP sequence numbers in this kernel's skbs: {0}")]
+    Layout(#[from] crate::skb_layout::LayoutError),
 }
 
 /// Entry counts of the maps, for leak checks.
@@ -64,6 +66,8 @@ impl Kernel {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
+        // Without them the verdict cannot cut repeated bytes, and sockmap is not safe.
+        crate::skb_layout::check()?;
         let mut ebpf = Ebpf::load(OBJECT)?;
         let logger = EbpfLogger::init(&mut ebpf)?;
         let socks: SockHash<MapData, u64> = take(&mut ebpf, SOCKS_MAP)?;

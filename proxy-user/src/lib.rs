@@ -27,6 +27,7 @@ pub mod names;
 pub mod policy;
 pub mod relay;
 pub mod session;
+pub mod skb_layout;
 pub mod sockopt;
 pub mod tls;
 pub mod upstream;

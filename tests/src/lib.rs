@@ -11,6 +11,7 @@ pub mod netns;
 pub mod peers;
 pub mod programs;
 pub mod relay;
+pub mod verify;
 
 /// A fast, seeded pseudo-random byte stream (xorshift64*), so failures reproduce.
 pub struct Rng(u64);

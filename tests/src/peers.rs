@@ -96,6 +96,8 @@ pub fn exchange(stream: TcpStream, plan: Plan) -> io::Result<Report> {
     ];
     let mut received_len = 0u64;
     let mut id = [0u8; 8];
+    // Byte-by-byte comparison, on request: it says where and how a stream went wrong.
+    let mut verifier = std::env::var_os("SOCKGATE_VERIFY").map(|_| crate::verify::Verifier::new());
     let started = std::time::Instant::now();
     let read_result = loop {
         if plan.read_rate > 0 {
@@ -114,6 +116,9 @@ pub fn exchange(stream: TcpStream, plan: Plan) -> io::Result<Report> {
                     id[at] = *b;
                 }
                 hash.update(&buf[..n]);
+                if let Some(v) = &mut verifier {
+                    v.update(&buf[..n]);
+                }
                 received_len += n as u64;
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -121,6 +126,9 @@ pub fn exchange(stream: TcpStream, plan: Plan) -> io::Result<Report> {
         }
     };
     let _ = eof_tx.send(());
+    if let Some(diagnosis) = verifier.and_then(|v| v.diagnosis(plan.seed)) {
+        eprintln!("SOCKGATE_VERIFY: {diagnosis}");
+    }
     let (sent, sent_len) = writer.join().expect("writer thread panicked")?;
     read_result?;
     Ok(Report {

@@ -186,6 +186,15 @@ fn direction<'a>(
                 }
                 Ok(n) => {
                     let counters = kernel.counters(src.cookie());
+                    if counters.uncut > 0 {
+                        log::error!(
+                            "conn {}: sock {}: the kernel passed bytes that may repeat earlier \
+                             ones and could not be cut; resetting",
+                            src.conn(),
+                            src.cookie()
+                        );
+                        break End::Error;
+                    }
                     // Redirected skbs may still wait in the peer's psock queue; ours must not
                     // overtake them. Boxed: passed bytes are rare once the handoff is done.
                     if counters.redirected > 0
@@ -213,13 +222,15 @@ fn direction<'a>(
         };
         let c = kernel.counters(src.cookie());
         log::debug!(
-            "conn {}: sock {} -> {} ended {end:?}: read {} passed {} redirected {}",
+            "conn {}: sock {} -> {} ended {end:?}: read {} passed {} redirected {} \
+             repeated bytes cut {}",
             src.conn(),
             src.cookie(),
             dst.cookie(),
             read.load(Relaxed),
             c.passed,
-            c.redirected
+            c.redirected,
+            c.overlap
         );
         end
     }
