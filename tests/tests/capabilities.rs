@@ -1,5 +1,6 @@
 //! sockgate without root. As `nobody` holding exactly the capabilities SECURITY.md
-//! documents (CAP_BPF and CAP_NET_ADMIN, plus CAP_NET_BIND_SERVICE for a port below 1024),
+//! documents (CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, plus CAP_NET_BIND_SERVICE for a port
+//! below 1024),
 //! it loads the sockmap datapath, forces its send buffers, binds a TPROXY listener, and
 //! relays an allowed TLS connection end to end. With no capability at all, `datapath =
 //! "auto"` falls back to splice(2) and says why. The tests themselves need root, to create
@@ -17,7 +18,7 @@ use sockgate_tests::{
 
 /// What SECURITY.md tells operators to grant (setpriv names, capability numbers from
 /// linux/capability.h).
-const DOCUMENTED: &[(&str, u32)] = &[("bpf", 39), ("net_admin", 12)];
+const DOCUMENTED: &[(&str, u32)] = &[("bpf", 39), ("net_admin", 12), ("perfmon", 38)];
 /// Added to [`DOCUMENTED`] when a listener binds a port below 1024.
 const LOW_PORT: (&str, u32) = ("net_bind_service", 10);
 
@@ -145,6 +146,19 @@ fn low_port_needs_net_bind_service() {
     assert_eq!(close["datapath"], "sockmap", "{close}");
 }
 
+/// Without CAP_PERFMON the verdict cannot read sequence numbers, so it is not loaded:
+/// `auto` relays over splice(2) and the log names the missing capability.
+#[test]
+fn without_perfmon_falls_back_to_splice() {
+    require_root();
+    let _ns = NetNs::enter_new();
+    let (close, agent) = relay_as_nobody("auto", "127.0.0.1:8443", &DOCUMENTED[..2]);
+    assert_eq!(close["datapath"], "splice", "{close}");
+    let log = agent.stderr();
+    assert!(log.contains("cannot use helper"), "{log}");
+    assert!(log.contains("CAP_PERFMON"), "{log}");
+}
+
 /// With no capability, `auto` still relays, over splice(2), and the log says what is
 /// missing: the eBPF program (EPERM, with the capabilities to grant) and SO_SNDBUFFORCE.
 /// The TPROXY listener is left out: it cannot bind without CAP_NET_ADMIN.
@@ -171,7 +185,7 @@ fn no_capabilities_fall_back_to_splice() {
     for needle in [
         "eBPF program not loaded",
         "Operation not permitted",
-        "needs CAP_BPF and CAP_NET_ADMIN",
+        "needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON",
         "datapath splice (Auto)",
         "SO_SNDBUFFORCE refused",
     ] {

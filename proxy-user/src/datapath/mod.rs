@@ -55,8 +55,11 @@ fn explain(err: &LoadError) -> String {
     let denied = root
         .downcast_ref::<std::io::Error>()
         .is_some_and(|e| e.raw_os_error() == Some(libc::EPERM));
-    if denied {
-        text.push_str("; the sockmap datapath needs CAP_BPF and CAP_NET_ADMIN, see SECURITY.md");
+    // Without CAP_PERFMON the verifier refuses bpf_probe_read_kernel (EINVAL).
+    if denied || text.contains("cannot use helper") {
+        text.push_str(
+            "; the sockmap datapath needs CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON, see SECURITY.md",
+        );
     }
     text
 }
