@@ -99,6 +99,24 @@ pub fn send_space(fd: &impl AsRawFd) -> io::Result<u64> {
     Ok(u64::from(sndbuf.saturating_sub(queued)))
 }
 
+/// `recv(2)` without blocking, with extra `flags` (`MSG_PEEK`): for reads that must bypass
+/// tokio's readiness tracking, or leave the bytes queued.
+pub fn recv(fd: &impl AsRawFd, buf: &mut [u8], flags: libc::c_int) -> io::Result<usize> {
+    // SAFETY: recv writes at most buf.len() bytes into buf.
+    let n = unsafe {
+        libc::recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            flags | libc::MSG_DONTWAIT,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
 /// A buffer size as the kernel reports it (`SO_RCVBUF`, `SO_SNDBUF`: twice what was set).
 pub fn buffer(fd: &impl AsRawFd, which: libc::c_int) -> io::Result<u64> {
     let value: libc::c_int = getsockopt(fd, libc::SOL_SOCKET, which)?;

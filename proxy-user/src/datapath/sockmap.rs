@@ -6,9 +6,7 @@
 //! redirects only while its `passed` count equals `go`, and passes (to our `recv`)
 //! otherwise. So every byte userspace sees is written before any later byte is redirected,
 //! and a byte that arrives during the handoff is simply read and forwarded here, after which
-//! `go` catches up. A direction also holds off redirecting into a socket with a large
-//! unread backlog of passed bytes, and FIN waits until the peer's send queue has every
-//! redirected byte.
+//! `go` catches up. FIN waits until the peer's send queue has every redirected byte.
 //!
 //! Backpressure: a redirected skb leaves the source's receive memory at once and waits in
 //! the peer's psock queue, charged to no socket, so TCP keeps the sender's window open and a
@@ -17,8 +15,9 @@
 //! the peer's send buffer has room for. Out of credit, the verdict passes; the next pass
 //! wakes this loop, which relays those bytes only once the psock queue is empty and the
 //! peer's send buffer takes them (so it blocks with a slow receiver, the source's receive
-//! queue fills and TCP closes its window), then grants new credit. A fast receiver costs
-//! one relayed skb per half send buffer (32 MiB with ours).
+//! queue fills and TCP closes its window), then grants new credit. With a peer that has
+//! room, [`catch_up`] relays them without consuming them first, so the handoff completes
+//! again even while the sender keeps sending.
 //!
 //! The send-buffer bound keeps psock queues empty, and that matters to the other direction:
 //! a passed skb is charged to its socket's receive memory (closing the window) only when
@@ -46,9 +45,8 @@ use crate::{ebpf::Kernel, sockopt};
 /// connection is declared broken.
 const LOST_BYTES_GRACE: Duration = Duration::from_secs(2);
 
-/// Passed-but-unread bytes on a socket beyond which nothing is redirected into it. A
-/// pre-handoff flood leaves megabytes; a relay that keeps up leaves far less.
-const UNREAD_LIMIT: u64 = 1 << 20;
+/// The most passed bytes a catch-up holds; the receive buffer bounds them anyway.
+const CATCH_UP: u64 = 32 << 20;
 
 /// A `go` that the verdict's `passed` count never reaches: every byte passes.
 const NOT_YET: u64 = u64::MAX;
@@ -71,15 +69,15 @@ pub(super) fn run<'a>(
 ) -> impl Future<Output = End> + Send + 'a {
     async move {
         both(
-            pin!(direction(kernel, client, upstream, &moved.up, &moved.down)),
-            pin!(direction(kernel, upstream, client, &moved.down, &moved.up)),
+            pin!(direction(kernel, client, upstream, &moved.up)),
+            pin!(direction(kernel, upstream, client, &moved.down)),
         )
         .await
     }
 }
 
 /// One direction, `src` to `dst`, with a debug line on how it ended. `read` counts what
-/// userspace read from `src`, `dst_read` what the other direction read from `dst`.
+/// userspace read from `src`.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
@@ -89,7 +87,6 @@ fn direction<'a>(
     src: &'a Endpoint,
     dst: &'a Endpoint,
     read: &'a AtomicU64,
-    dst_read: &'a AtomicU64,
 ) -> impl Future<Output = End> + 'a {
     async move {
         let mut written = dst.bytes_written();
@@ -108,18 +105,7 @@ fn direction<'a>(
         // no buffer.
         let mut buf = Vec::new();
         let end = loop {
-            // No redirects into `dst` while it holds a large backlog of passed bytes the other
-            // direction has not read yet: its psock backlog would then carry its own pending
-            // passes and our redirects at once, and under that mix the kernel duplicated or
-            // dropped whole skbs (a server flooding the upstream before the handoff;
-            // datapath::prehandoff_flood_sockmap). Until then `go` cannot match, so our bytes
-            // pass and are relayed here. Only a large backlog: with any unread byte as the bar,
-            // two busy directions kept each other in userspace for a whole transfer.
-            let want = if dst.unread_passed(dst_read.load(Relaxed)) > UNREAD_LIMIT {
-                NOT_YET
-            } else {
-                read.load(Relaxed)
-            };
+            let want = read.load(Relaxed);
             if go != Some(want) {
                 if let Err(end) = hand_off(kernel, src, dst, want, written) {
                     break end;
@@ -146,8 +132,12 @@ fn direction<'a>(
                 Some(Err(err)) => break End::from_io(&err),
                 None => {
                     let redirected = kernel.counters(src.cookie()).redirected;
+                    // Quiet: tick ever less often, and stop after about two seconds. A
+                    // transfer often starts a few ticks after the handoff.
                     if redirected == last_redirected {
-                        top_up = None;
+                        slower += 1;
+                        top_up = (slower <= MAX_SLOWER)
+                            .then(|| Box::pin(tokio::time::sleep(TOP_UP * (1 << slower))));
                         continue;
                     }
                     let moved = redirected - last_redirected;
@@ -163,6 +153,28 @@ fn direction<'a>(
                     };
                     top_up = Some(Box::pin(tokio::time::sleep(TOP_UP * (1 << slower))));
                     continue;
+                }
+            }
+            // Passed bytes after a credit run-out, with a peer that has room for them.
+            let pending = kernel
+                .counters(src.cookie())
+                .passed
+                .saturating_sub(read.load(Relaxed));
+            if (1..=CATCH_UP).contains(&pending)
+                && sockopt::send_space(dst.stream()).is_ok_and(|room| room / 2 >= pending)
+            {
+                // Boxed: rare, as below.
+                match Box::pin(catch_up(kernel, src, dst, read.load(Relaxed), &mut written)).await {
+                    Ok(done) => {
+                        read.fetch_add(done.consumed, Relaxed);
+                        if let Some(caught_up) = done.go {
+                            go = Some(caught_up);
+                            slower = 0;
+                            top_up = Some(Box::pin(tokio::time::sleep(TOP_UP)));
+                        }
+                        continue;
+                    }
+                    Err(end) => break end,
                 }
             }
             buf.resize(BUFFER, 0);
@@ -187,13 +199,7 @@ fn direction<'a>(
                 Ok(n) => {
                     let counters = kernel.counters(src.cookie());
                     if counters.uncut > 0 {
-                        log::error!(
-                            "conn {}: sock {}: the kernel passed bytes that may repeat earlier \
-                             ones and could not be cut; resetting",
-                            src.conn(),
-                            src.cookie()
-                        );
-                        break End::Error;
+                        break uncut(src);
                     }
                     // Redirected skbs may still wait in the peer's psock queue; ours must not
                     // overtake them. Boxed: passed bytes are rare once the handoff is done.
@@ -234,6 +240,102 @@ fn direction<'a>(
         );
         end
     }
+}
+
+/// What a [`catch_up`] did: the bytes it consumed from `src`, and the `go` it handed off
+/// (none if it gave up).
+struct CatchUp {
+    consumed: u64,
+    go: Option<u64>,
+}
+
+/// Relays the bytes passed after a credit run-out and completes the handoff again. Reading
+/// them as they come, `go` chased `passed` for as long as the sender kept up (most of a
+/// 4 GiB transfer, measured), since every read reopened the window. Peeked bytes stay
+/// queued instead: each round writes the ones not written yet, the receive queue fills,
+/// the window shuts, `passed` stops moving, and `go` is set to it before a byte is
+/// consumed, so the verdict redirects whatever comes next. Gives up (consuming what it
+/// wrote) when the peer lacks room, rather than hold a large buffer for a slow peer.
+async fn catch_up(
+    kernel: &Kernel,
+    src: &Endpoint,
+    dst: &Endpoint,
+    read: u64,
+    written: &mut u64,
+) -> Result<CatchUp, End> {
+    let io_end = |err: io::Error| End::from_io(&err);
+    let mut buf = Vec::new();
+    // Bytes at the head of `src`'s queue already written to `dst`.
+    let mut sent = 0u64;
+    loop {
+        let counters = kernel.counters(src.cookie());
+        if counters.uncut > 0 {
+            return Err(uncut(src));
+        }
+        let pending = counters.passed - read;
+        if pending == sent {
+            hand_off(kernel, src, dst, counters.passed, *written)?;
+            consume(src.stream(), &mut buf, sent).map_err(io_end)?;
+            return Ok(CatchUp {
+                consumed: sent,
+                go: Some(counters.passed),
+            });
+        }
+        let room = sockopt::send_space(dst.stream()).map_err(io_end)? / 2;
+        if pending > CATCH_UP || room < pending - sent {
+            consume(src.stream(), &mut buf, sent).map_err(io_end)?;
+            return Ok(CatchUp {
+                consumed: sent,
+                go: None,
+            });
+        }
+        buf.resize(pending as usize, 0);
+        let peeked = match sockopt::recv(src.stream(), &mut buf, libc::MSG_PEEK) {
+            Ok(n) => n as u64,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(err) => return Err(io_end(err)),
+        };
+        // Passed bytes not readable yet (queued behind the psock backlog): plain reads.
+        if peeked <= sent {
+            consume(src.stream(), &mut buf, sent).map_err(io_end)?;
+            return Ok(CatchUp {
+                consumed: sent,
+                go: None,
+            });
+        }
+        if counters.redirected > 0 {
+            drained(kernel, src, dst.stream(), *written).await?;
+        }
+        write_all(dst.stream(), &buf[sent as usize..peeked as usize])
+            .await
+            .map_err(io_end)?;
+        *written += peeked - sent;
+        sent = peeked;
+    }
+}
+
+/// Reads and drops the `len` bytes at the head of `src`'s queue, which a peek has seen.
+fn consume(src: &tokio::net::TcpStream, buf: &mut Vec<u8>, len: u64) -> io::Result<()> {
+    buf.resize(len as usize, 0);
+    let mut done = 0;
+    while done < buf.len() {
+        match sockopt::recv(src, &mut buf[done..], 0)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => done += n,
+        }
+    }
+    Ok(())
+}
+
+/// The connection's end when the verdict passed an skb it could not cut.
+fn uncut(src: &Endpoint) -> End {
+    log::error!(
+        "conn {}: sock {}: the kernel passed bytes that may repeat earlier ones and could not \
+         be cut; resetting",
+        src.conn(),
+        src.cookie()
+    );
+    End::Error
 }
 
 /// Writes `src`'s handoff to `dst` with `go` and fresh credit; returns the new limit.
