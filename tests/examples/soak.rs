@@ -27,6 +27,7 @@ use sockgate_tests::{
     netns::NetNs,
     peers::{Plan, Report, exchange, listen, server},
     programs::connect_tunnel,
+    verify,
 };
 
 const WORKERS: u64 = 6;
@@ -113,9 +114,7 @@ fn worker(w: u64, until: Instant, target: String, reports: &Reports, totals: &To
                     continue;
                 };
                 let plan = Plan::new(rng.range(8, MAX_SIZE), seed(&mut rng));
-                let mut bytes = vec![0u8; plan.send as usize];
-                Rng::new(plan.seed).fill(&mut bytes);
-                bytes[..8].copy_from_slice(&plan.seed.to_le_bytes());
+                let bytes = verify::stream(plan.seed, plan.send as usize);
                 let _ = io::Write::write_all(&mut stream, &bytes[..bytes.len() / 2]);
                 sockopt::set_linger_zero(&stream).unwrap();
                 totals.resets.fetch_add(1, Relaxed)

@@ -65,6 +65,13 @@ impl Expected {
     }
 }
 
+/// The first `len` bytes `exchange` sends for `seed`, for a sender that cannot use it (one
+/// that resets halfway, say) but whose receiver verifies.
+pub fn stream(seed: u64, len: usize) -> Vec<u8> {
+    let mut expected = Expected::new(seed);
+    (0..len).map(|_| expected.next()).collect()
+}
+
 /// Checks a received stream byte by byte against its sender's.
 pub struct Verifier {
     id: [u8; 8],
@@ -155,11 +162,6 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn stream(seed: u64, len: usize) -> Vec<u8> {
-        let mut expected = Expected::new(seed);
-        (0..len).map(|_| expected.next()).collect()
-    }
 
     #[test]
     fn a_repeated_range_is_named() {
