@@ -87,7 +87,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 .args(["relay", "--listen", &listen.to_string()])
                 .args(["--upstream", &upstream.to_string()])
                 .args(extra)
-                .env("RUST_LOG", "warn")
+                // SOCKGATE_BENCH_LOG=proxy_user::datapath=debug shows each relay's split
+                // between redirected and passed bytes.
+                .env(
+                    "RUST_LOG",
+                    std::env::var("SOCKGATE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+                )
                 .stdout(Stdio::null())
                 .spawn()
                 .with_context(|| format!("starting {}", bin.display()))?;
