@@ -75,6 +75,14 @@ pub struct Close {
     /// The path that carried the bytes; `None` when the connection was never relayed.
     pub datapath: Option<Path>,
     pub end: End,
+    /// Bytes the kernel handed the verdict a second time, which it cut (sockmap only; see
+    /// README, "A kernel bug the verdict works around"). Left out when 0.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub repeats_cut: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[derive(Serialize)]

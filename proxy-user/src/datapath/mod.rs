@@ -115,6 +115,8 @@ pub struct Outcome {
     pub bytes_down: u64,
     pub end: End,
     pub path: Path,
+    /// Bytes the verdict cut because the kernel handed them over twice, both ways.
+    pub repeats_cut: u64,
 }
 
 /// Socket buffer sizing. A sockmap redirect can only move what fits in the peer's send
@@ -274,9 +276,15 @@ impl Datapath {
             }
             let mut bytes_up = moved.up.load(Relaxed);
             let mut bytes_down = moved.down.load(Relaxed);
+            let mut repeats_cut = 0;
             if let (Path::Sockmap, Some(kernel)) = (path, &self.kernel) {
-                bytes_up += kernel.counters(client.cookie()).redirected;
-                bytes_down += kernel.counters(upstream.cookie()).redirected;
+                let (up, down) = (
+                    kernel.counters(client.cookie()),
+                    kernel.counters(upstream.cookie()),
+                );
+                bytes_up += up.redirected;
+                bytes_down += down.redirected;
+                repeats_cut = up.overlap + down.overlap;
             }
             drop((client, upstream));
             Outcome {
@@ -284,6 +292,7 @@ impl Datapath {
                 bytes_down,
                 end,
                 path,
+                repeats_cut,
             }
         }
     }

@@ -132,11 +132,12 @@ fn direction<'a>(
                 Some(Err(err)) => break End::from_io(&err),
                 None => {
                     let redirected = kernel.counters(src.cookie()).redirected;
-                    // Quiet: tick ever less often, and stop after about two seconds. A
-                    // transfer often starts a few ticks after the handoff.
+                    // Quiet: tick ever less often, and stop after about 0.1 s, so idle
+                    // connections hold no timer. A transfer often starts a few ticks after
+                    // the handoff; stopping at the first quiet tick ran its credit out.
                     if redirected == last_redirected {
                         slower += 1;
-                        top_up = (slower <= MAX_SLOWER)
+                        top_up = (slower <= QUIET_TICKS)
                             .then(|| Box::pin(tokio::time::sleep(TOP_UP * (1 << slower))));
                         continue;
                     }
@@ -374,6 +375,8 @@ fn credit_limit(dst: &tokio::net::TcpStream, written: u64) -> io::Result<u64> {
 /// every `TOP_UP << MAX_SLOWER` (about a second) at the least.
 const TOP_UP: Duration = Duration::from_millis(1);
 const MAX_SLOWER: u32 = 10;
+/// Quiet ticks of a direction before its timer stops: 1 + 2 + ... + 64 ms.
+const QUIET_TICKS: u32 = 6;
 
 /// Checks of `drained` that only yield before it starts sleeping: the backlog worker
 /// usually empties the psock queue within microseconds, and a timer sleeps a millisecond.

@@ -164,6 +164,7 @@ pub async fn refuse_over_limit(cx: &Context, stream: TcpStream, peer: SocketAddr
         duration_ms: 0,
         datapath: None,
         end: End::Rst,
+        repeats_cut: 0,
     });
 }
 
@@ -204,6 +205,7 @@ pub fn run(
             duration_ms: started.elapsed().as_millis() as u64,
             datapath: Some(outcome.path),
             end: outcome.end,
+            repeats_cut: outcome.repeats_cut,
         });
         drop(open);
     }
@@ -255,6 +257,7 @@ async fn admit(
                     _ if signal == Signal::Reset => End::Rst,
                     _ => End::Fin,
                 },
+                repeats_cut: 0,
             });
             None
         }
