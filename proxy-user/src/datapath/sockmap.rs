@@ -173,7 +173,11 @@ fn direction<'a>(
                             slower = 0;
                             top_up = Some(Box::pin(tokio::time::sleep(TOP_UP)));
                         }
-                        continue;
+                        // Nothing moved: the plain read below waits for readiness, where
+                        // looping would spin on readiness the peek never cleared.
+                        if done.go.is_some() || done.consumed > 0 {
+                            continue;
+                        }
                     }
                     Err(end) => break end,
                 }
