@@ -113,9 +113,9 @@ enum Cut {
 
 /// The most `bpf_skb_adjust_room` removes per call (sk_skb_adjust_room, net/core/filter.c).
 const CUT_STEP: u32 = 0xfff;
-/// Calls per skb: 524,160 bytes, more than the largest skb TCP receives (64 KiB GSO on
-/// loopback, 512 KiB with BIG TCP).
-const MAX_CUTS: u32 = 128;
+/// Calls per skb: 528,255 bytes, more than the largest skb TCP receives (64 KiB GSO on
+/// loopback, 512 KiB with BIG TCP). A larger overlap is left uncut, and reset.
+const MAX_CUTS: u32 = 129;
 
 /// Cuts off the front of an skb whatever this socket's verdict already let through.
 /// `tcp_read_skb` hands over whole skbs from the receive queue, including one that starts
@@ -145,9 +145,16 @@ fn cut_overlap(ctx: &SkBuffContext, counters: &mut SockCounters, len: u64) -> Cu
     }
     let known = counters.next_seq & SEQ_KNOWN != 0;
     let overlap = (counters.next_seq as u32).wrapping_sub(seq) as i32;
-    if !known || overlap <= 0 {
+    if !known || overlap == 0 {
         counters.next_seq = SEQ_KNOWN | u64::from(end_seq);
         return Cut::Keep(len);
+    }
+    // Starts past the next byte: bytes never reached the verdict. Not seen, but a silent
+    // loss is worse than a reset.
+    if overlap < 0 {
+        counters.next_seq = SEQ_KNOWN | u64::from(end_seq);
+        counters.uncut += 1;
+        return Cut::Uncut(len);
     }
     let overlap = overlap as u32;
     if u64::from(overlap) >= len {

@@ -45,7 +45,8 @@ use crate::{ebpf::Kernel, sockopt};
 /// connection is declared broken.
 const LOST_BYTES_GRACE: Duration = Duration::from_secs(2);
 
-/// The most passed bytes a catch-up holds; the receive buffer bounds them anyway.
+/// The most passed bytes one catch-up holds (see also [`CATCH_UP_BUDGET`]); the receive
+/// buffer bounds them anyway.
 const CATCH_UP: u64 = 32 << 20;
 
 /// A `go` that the verdict's `passed` count never reaches: every byte passes.
@@ -270,6 +271,7 @@ async fn catch_up(
 ) -> Result<CatchUp, End> {
     let io_end = |err: io::Error| End::from_io(&err);
     let mut buf = Vec::new();
+    let mut held = Held(0);
     // Bytes at the head of `src`'s queue already written to `dst`.
     let mut sent = 0u64;
     loop {
@@ -277,7 +279,7 @@ async fn catch_up(
         if counters.uncut > 0 {
             return Err(uncut(src));
         }
-        let pending = counters.passed - read;
+        let pending = counters.passed.saturating_sub(read);
         if pending == sent {
             hand_off(kernel, src, dst, counters.passed, *written)?;
             consume(src.stream(), &mut buf, sent).map_err(io_end)?;
@@ -287,7 +289,7 @@ async fn catch_up(
             });
         }
         let room = sockopt::send_space(dst.stream()).map_err(io_end)? / 2;
-        if pending > CATCH_UP || room < pending - sent {
+        if pending > CATCH_UP || room < pending - sent || !held.grow(pending) {
             consume(src.stream(), &mut buf, sent).map_err(io_end)?;
             return Ok(CatchUp {
                 consumed: sent,
@@ -300,6 +302,11 @@ async fn catch_up(
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
             Err(err) => return Err(io_end(err)),
         };
+        // The counters again, now ordered after the peek by the socket's locks: an uncut
+        // skb among the peeked bytes must not reach the peer.
+        if kernel.counters(src.cookie()).uncut > 0 {
+            return Err(uncut(src));
+        }
         // Passed bytes not readable yet (queued behind the psock backlog): plain reads.
         if peeked <= sent {
             consume(src.stream(), &mut buf, sent).map_err(io_end)?;
@@ -316,6 +323,33 @@ async fn catch_up(
             .map_err(io_end)?;
         *written += peeked - sent;
         sent = peeked;
+    }
+}
+
+/// Bytes all catch-ups together may buffer; past it they give up (to 64 KiB reads), so
+/// many connections catching up at once cannot take gigabytes.
+const CATCH_UP_BUDGET: u64 = 256 << 20;
+static CATCH_UP_HELD: AtomicU64 = AtomicU64::new(0);
+
+/// One catch-up's share of [`CATCH_UP_BUDGET`], returned when dropped.
+struct Held(u64);
+
+impl Held {
+    /// Grows the share to `bytes`; false (and unchanged) if the budget has no room.
+    fn grow(&mut self, bytes: u64) -> bool {
+        let more = bytes.saturating_sub(self.0);
+        if CATCH_UP_HELD.fetch_add(more, Relaxed) + more > CATCH_UP_BUDGET {
+            CATCH_UP_HELD.fetch_sub(more, Relaxed);
+            return false;
+        }
+        self.0 += more;
+        true
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        CATCH_UP_HELD.fetch_sub(self.0, Relaxed);
     }
 }
 
@@ -439,5 +473,27 @@ async fn drained(
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(10));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catch_ups_share_one_budget() {
+        let mut first = Held(0);
+        assert!(first.grow(CATCH_UP_BUDGET - 10));
+        let mut second = Held(0);
+        assert!(!second.grow(11), "over the budget");
+        assert!(second.grow(10));
+        assert!(
+            !first.grow(CATCH_UP_BUDGET - 9),
+            "a share grows only while the budget lasts"
+        );
+        drop(first);
+        assert!(second.grow(CATCH_UP_BUDGET));
+        drop(second);
+        assert_eq!(CATCH_UP_HELD.load(Relaxed), 0);
     }
 }
