@@ -30,7 +30,10 @@ impl Expected {
 
     fn next(&mut self) -> u8 {
         if self.at == self.chunk.len() {
-            let n = self.rng.range(1, 64 << 10) as usize;
+            let mut n = self.rng.range(1, 64 << 10) as usize;
+            if self.first {
+                n = n.max(8);
+            }
             self.chunk.resize(n, 0);
             self.rng.fill(&mut self.chunk);
             if self.first {
@@ -185,6 +188,13 @@ mod tests {
         v.update(&received);
         let d = v.diagnosis(9).expect("a wrong stream");
         assert!(d.contains("own stream at 1000"), "{d}");
+    }
+
+    /// This seed draws a first chunk shorter than 8 bytes (the soak's worker 0 #3009).
+    #[test]
+    fn the_id_comes_first_even_after_a_short_first_chunk() {
+        let seed = 0x9d09_43f5_ffdd_1401;
+        assert_eq!(stream(seed, 8), seed.to_le_bytes());
     }
 
     #[test]
