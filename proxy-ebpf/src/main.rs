@@ -145,22 +145,21 @@ fn cut_overlap(ctx: &SkBuffContext, counters: &mut SockCounters, len: u64) -> Cu
     }
     let known = counters.next_seq & SEQ_KNOWN != 0;
     let overlap = (counters.next_seq as u32).wrapping_sub(seq) as i32;
+    if known && overlap > 0 && overlap as u64 >= len {
+        counters.overlap += len;
+        return Cut::Drop;
+    }
+    counters.next_seq = SEQ_KNOWN | u64::from(end_seq);
     if !known || overlap == 0 {
-        counters.next_seq = SEQ_KNOWN | u64::from(end_seq);
         return Cut::Keep(len);
     }
     // Starts past the next byte: bytes never reached the verdict. Not seen, but a silent
     // loss is worse than a reset.
     if overlap < 0 {
-        counters.next_seq = SEQ_KNOWN | u64::from(end_seq);
         counters.uncut += 1;
         return Cut::Uncut(len);
     }
     let overlap = overlap as u32;
-    if u64::from(overlap) >= len {
-        counters.overlap += len;
-        return Cut::Drop;
-    }
     let mut left = overlap;
     for _ in 0..MAX_CUTS {
         if left == 0 {
@@ -172,7 +171,6 @@ fn cut_overlap(ctx: &SkBuffContext, counters: &mut SockCounters, len: u64) -> Cu
         }
         left -= step;
     }
-    counters.next_seq = SEQ_KNOWN | u64::from(end_seq);
     if left != 0 {
         counters.uncut += 1;
         return Cut::Uncut(len - u64::from(overlap - left));
