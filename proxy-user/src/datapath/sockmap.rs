@@ -33,7 +33,7 @@ use std::{
     time::Duration,
 };
 
-use proxy_common::Handoff;
+use proxy_common::{Handoff, SockCounters};
 
 use super::{
     Endpoint,
@@ -157,16 +157,13 @@ fn direction<'a>(
                     continue;
                 }
             }
-            // Passed bytes after a credit run-out, with a peer that has room for them.
-            let pending = kernel
-                .counters(src.cookie())
-                .passed
-                .saturating_sub(read.load(Relaxed));
-            if (1..=CATCH_UP).contains(&pending)
-                && sockopt::send_space(dst.stream()).is_ok_and(|room| room / 2 >= pending)
-            {
+            // Passed bytes after a credit run-out.
+            let counters = kernel.counters(src.cookie());
+            if counters.passed > read.load(Relaxed) {
                 // Boxed: rare, as below.
-                match Box::pin(catch_up(kernel, src, dst, read.load(Relaxed), &mut written)).await {
+                let catching_up =
+                    catch_up(kernel, src, dst, counters, read.load(Relaxed), &mut written);
+                match Box::pin(catching_up).await {
                     Ok(done) => {
                         read.fetch_add(done.consumed, Relaxed);
                         if let Some(caught_up) = done.go {
@@ -266,6 +263,7 @@ async fn catch_up(
     kernel: &Kernel,
     src: &Endpoint,
     dst: &Endpoint,
+    mut counters: SockCounters,
     read: u64,
     written: &mut u64,
 ) -> Result<CatchUp, End> {
@@ -274,27 +272,14 @@ async fn catch_up(
     let mut held = Held(0);
     // Bytes at the head of `src`'s queue already written to `dst`.
     let mut sent = 0u64;
-    loop {
-        let counters = kernel.counters(src.cookie());
-        if counters.uncut > 0 {
-            return Err(uncut(src));
-        }
+    let go = loop {
         let pending = counters.passed.saturating_sub(read);
         if pending == sent {
-            hand_off(kernel, src, dst, counters.passed, *written)?;
-            consume(src.stream(), &mut buf, sent).map_err(io_end)?;
-            return Ok(CatchUp {
-                consumed: sent,
-                go: Some(counters.passed),
-            });
+            break Some(counters.passed);
         }
         let room = sockopt::send_space(dst.stream()).map_err(io_end)? / 2;
         if pending > CATCH_UP || room < pending - sent || !held.grow(pending) {
-            consume(src.stream(), &mut buf, sent).map_err(io_end)?;
-            return Ok(CatchUp {
-                consumed: sent,
-                go: None,
-            });
+            break None;
         }
         buf.resize(pending as usize, 0);
         let peeked = match sockopt::recv(src.stream(), &mut buf, libc::MSG_PEEK) {
@@ -302,18 +287,14 @@ async fn catch_up(
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => 0,
             Err(err) => return Err(io_end(err)),
         };
-        // The counters again, now ordered after the peek by the socket's locks: an uncut
+        // Counters read after the peek, so ordered after it by the socket's locks: an uncut
         // skb among the peeked bytes must not reach the peer.
         if kernel.counters(src.cookie()).uncut > 0 {
             return Err(uncut(src));
         }
         // Passed bytes not readable yet (queued behind the psock backlog): plain reads.
         if peeked <= sent {
-            consume(src.stream(), &mut buf, sent).map_err(io_end)?;
-            return Ok(CatchUp {
-                consumed: sent,
-                go: None,
-            });
+            break None;
         }
         if counters.redirected > 0 {
             drained(kernel, src, dst.stream(), *written).await?;
@@ -323,7 +304,13 @@ async fn catch_up(
             .map_err(io_end)?;
         *written += peeked - sent;
         sent = peeked;
+        counters = kernel.counters(src.cookie());
+    };
+    if let Some(go) = go {
+        hand_off(kernel, src, dst, go, *written)?;
     }
+    consume(src.stream(), &mut buf, sent).map_err(io_end)?;
+    Ok(CatchUp { consumed: sent, go })
 }
 
 /// Bytes all catch-ups together may buffer; past it they give up (to 64 KiB reads), so
