@@ -9,8 +9,6 @@ use std::{
 
 use sha2::{Digest, Sha256};
 
-use crate::Rng;
-
 /// What one side of a connection does.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
@@ -61,29 +59,15 @@ pub fn exchange(stream: TcpStream, plan: Plan) -> io::Result<Report> {
         if plan.after_eof {
             let _ = eof_rx.recv();
         }
-        let mut rng = Rng::new(plan.seed);
+        let mut chunks = crate::verify::Chunks::new(plan.seed);
         let mut hash = Sha256::new();
-        let mut buf = vec![0u8; 64 << 10];
         let mut left = plan.send;
-        let mut first = true;
         while left > 0 {
-            let mut n = rng.range(1, buf.len() as u64);
-            // The whole id goes first: with a shorter first chunk the receiver's id was
-            // part random (the soak's one "no server report" in 20,000 transfers).
-            if first {
-                n = n.max(8);
-            }
-            let n = n.min(left) as usize;
-            rng.fill(&mut buf[..n]);
-            if first {
-                let id = plan.seed.to_le_bytes();
-                let k = n.min(8);
-                buf[..k].copy_from_slice(&id[..k]);
-                first = false;
-            }
-            writer_stream.write_all(&buf[..n])?;
-            hash.update(&buf[..n]);
-            left -= n as u64;
+            let chunk = chunks.next_chunk();
+            let chunk = &chunk[..chunk.len().min(left as usize)];
+            writer_stream.write_all(chunk)?;
+            hash.update(chunk);
+            left -= chunk.len() as u64;
         }
         thread::sleep(plan.fin_delay);
         writer_stream.shutdown(Shutdown::Write)?;

@@ -8,44 +8,64 @@ use crate::Rng;
 /// Bytes of the wrong data kept for the diagnosis.
 const SAMPLE: usize = 64;
 
-/// The bytes `exchange` sends for `seed`, chunk by chunk exactly as its writer draws them.
-struct Expected {
+/// The bytes [`crate::peers::exchange`] sends for a seed, in the chunks its writer writes:
+/// the writer and [`Expected`] both draw them here.
+pub struct Chunks {
     rng: Rng,
-    seed: u64,
-    first: bool,
+    /// The seed's bytes, until the first chunk starts with them.
+    id: Option<[u8; 8]>,
     chunk: Vec<u8>,
+}
+
+impl Chunks {
+    pub fn new(seed: u64) -> Self {
+        Self {
+            rng: Rng::new(seed),
+            id: Some(seed.to_le_bytes()),
+            chunk: Vec::new(),
+        }
+    }
+
+    /// The next chunk: 1 to 64 KiB of random bytes, the first one at least 8 and starting
+    /// with the seed. With a shorter first chunk the receiver's id was part random (the
+    /// soak's one "no server report" in 20,000 transfers).
+    pub fn next_chunk(&mut self) -> &[u8] {
+        let mut n = self.rng.range(1, 64 << 10) as usize;
+        if self.id.is_some() {
+            n = n.max(8);
+        }
+        self.chunk.resize(n, 0);
+        self.rng.fill(&mut self.chunk);
+        if let Some(id) = self.id.take() {
+            self.chunk[..8].copy_from_slice(&id);
+        }
+        &self.chunk
+    }
+}
+
+/// The stream for `seed`, byte by byte.
+struct Expected {
+    chunks: Chunks,
+    len: usize,
     at: usize,
 }
 
 impl Expected {
     fn new(seed: u64) -> Self {
         Self {
-            rng: Rng::new(seed),
-            seed,
-            first: true,
-            chunk: Vec::new(),
+            chunks: Chunks::new(seed),
+            len: 0,
             at: 0,
         }
     }
 
     fn next(&mut self) -> u8 {
-        if self.at == self.chunk.len() {
-            let mut n = self.rng.range(1, 64 << 10) as usize;
-            if self.first {
-                n = n.max(8);
-            }
-            self.chunk.resize(n, 0);
-            self.rng.fill(&mut self.chunk);
-            if self.first {
-                let id = self.seed.to_le_bytes();
-                let k = n.min(8);
-                self.chunk[..k].copy_from_slice(&id[..k]);
-                self.first = false;
-            }
+        if self.at == self.len {
+            self.len = self.chunks.next_chunk().len();
             self.at = 0;
         }
         self.at += 1;
-        self.chunk[self.at - 1]
+        self.chunks.chunk[self.at - 1]
     }
 
     /// The first offset at or after `from` where the stream holds `pattern`.
