@@ -16,6 +16,30 @@ use std::{
 
 use crate::agent::{Proc, TempDir, WAIT, run};
 
+/// Loads nftables `rules` into the current network namespace (through a file in `dir`),
+/// failing the test if nft refuses them; returns nothing else worth having.
+pub fn nft(dir: &TempDir, rules: &str) {
+    let file = dir.join("rules.nft");
+    std::fs::write(&file, rules).unwrap();
+    let (status, _, err) = run(
+        "nft",
+        Command::new(require("nft")).arg("-f").arg(&file),
+        WAIT,
+    );
+    assert!(status.success(), "nft -f:\n{rules}\n{err}");
+}
+
+/// The current network namespace's nftables ruleset, as `nft list ruleset` prints it.
+pub fn nft_ruleset() -> String {
+    let (status, out, err) = run(
+        "nft",
+        Command::new(require("nft")).args(["list", "ruleset"]),
+        WAIT,
+    );
+    assert!(status.success(), "nft list ruleset: {err}");
+    out
+}
+
 /// The full path of `program`, failing the test if it is not installed.
 pub fn require(program: &str) -> PathBuf {
     let path = std::env::var("PATH").unwrap_or_default();

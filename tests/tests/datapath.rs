@@ -13,8 +13,10 @@ use std::{
 use proxy_user::datapath::{End, Outcome, Path};
 use sockgate_tests::{
     Rng,
+    agent::TempDir,
     netns::NetNs,
     peers::{Plan, Report, exchange, listen, server},
+    programs::{nft, nft_ruleset},
     relay::Relay,
     sockgate_bin,
 };
@@ -444,20 +446,12 @@ fn bidirectional_bursts_sockmap() {
 #[test]
 fn byte_exact_sockmap_under_loss() {
     let _ns = NetNs::enter_new();
-    let rules = "table inet loss {\n chain out {\n  type filter hook output priority 0;\n  \
-                 meta l4proto tcp meta length > 1000 numgen random mod 200 0 counter drop\n }\n}\n";
-    let mut nft = Command::new("nft")
-        .arg("-f")
-        .arg("-")
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("running nft");
-    nft.stdin
-        .take()
-        .unwrap()
-        .write_all(rules.as_bytes())
-        .unwrap();
-    assert!(nft.wait().unwrap().success(), "nft refused the loss rule");
+    let dir = TempDir::new("loss");
+    nft(
+        &dir,
+        "table inet loss {\n chain out {\n  type filter hook output priority 0;\n  \
+         meta l4proto tcp meta length > 1000 numgen random mod 200 0 counter drop\n }\n}\n",
+    );
     let (listener, addr) = listen();
     let reports = server(listener, |i| Plan::new(64 * MIB, 900 + i));
     let mut relay = Relay::start(Path::Sockmap, addr, 0);
@@ -469,11 +463,7 @@ fn byte_exact_sockmap_under_loss() {
         assert_exact(&client, &server_report(&reports), &outcome, Path::Sockmap);
         cut += outcome.repeats_cut;
     }
-    let out = Command::new("nft")
-        .args(["list", "ruleset"])
-        .output()
-        .unwrap();
-    let ruleset = String::from_utf8_lossy(&out.stdout);
+    let ruleset = nft_ruleset();
     let dropped: u64 = ruleset
         .split("counter packets ")
         .nth(1)

@@ -14,7 +14,7 @@ use sockgate_tests::{
     agent::{Agent, TempDir, WAIT, assert_close_shape, assert_decision_shape, connect_config, run},
     netns::NetNs,
     programs::{
-        Pki, SClient, Serve, Sshd, banner_server, connect_tunnel, curl, raw_exchange, require,
+        Pki, SClient, Serve, Sshd, banner_server, connect_tunnel, curl, nft, raw_exchange, require,
         s_client_once, s_server,
     },
 };
@@ -278,19 +278,11 @@ fn connect_timeout_is_504() {
     let _ns = NetNs::enter_new();
     let dir = TempDir::new("connect-timeout");
     // Drop every SYN to port 9 on this namespace's loopback.
-    let rules = dir.join("drop.nft");
-    std::fs::write(
-        &rules,
+    nft(
+        &dir,
         "table ip blackhole {\n  chain output {\n    type filter hook output priority 0;\n    \
          tcp dport 9 drop\n  }\n}\n",
-    )
-    .unwrap();
-    let (status, _, err) = run(
-        "nft",
-        Command::new(require("nft")).arg("-f").arg(&rules),
-        WAIT,
     );
-    assert!(status.success(), "nft: {err}");
     let agent = Agent::start(&config().replace(
         "client_first_timeout = \"300ms\"",
         "client_first_timeout = \"300ms\"\nconnect_timeout = \"500ms\"",

@@ -16,7 +16,7 @@ use std::{
 use sockgate_tests::{
     agent::{Agent, Proc, TempDir, WAIT, assert_close_shape, assert_decision_shape, run},
     netns::NetNs,
-    programs::{Pki, SClient, Serve, banner_server, require, s_client_once, s_server},
+    programs::{self, Pki, SClient, Serve, banner_server, require, s_client_once, s_server},
 };
 
 const SERVER: &str = "10.2.0.2";
@@ -70,15 +70,8 @@ impl Routed {
 
     /// Loads nftables `rules` in the gateway.
     fn nft(&self, dir: &TempDir, rules: &str) {
-        let file = dir.join("rules.nft");
-        std::fs::write(&file, rules).unwrap();
         self.gateway.enter();
-        let (status, _, err) = run(
-            "nft",
-            Command::new(require("nft")).arg("-f").arg(&file),
-            WAIT,
-        );
-        assert!(status.success(), "nft -f:\n{rules}\n{err}");
+        programs::nft(dir, rules);
     }
 }
 
