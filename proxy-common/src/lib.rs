@@ -34,12 +34,12 @@ pub struct Handoff {
     /// to userspace is written to the peer before any later byte is redirected.
     /// Written by userspace; read by the verdict.
     pub go: u64,
-    /// The verdict redirects an skb only while `SockCounters::redirected` stays within this
-    /// limit; past it, it passes. Redirected skbs wait in the peer's psock queue, charged to
-    /// no socket, so TCP never closes the window for them; this credit is the only bound.
-    /// Userspace raises it when it relays the passed bytes, once the peer's queue is empty
-    /// (see proxy-user's datapath::sockmap). Written by userspace; read by the verdict.
-    pub limit: u64,
+    /// Bytes userspace itself has written to the peer (relayed during the handshake, or
+    /// passed and relayed since). The peer's send queue has taken every byte ever queued
+    /// on it but these from the verdict, which is how the verdict tells how many of its
+    /// redirected bytes still wait in the peer's psock queue (see [`SockLayout`]).
+    /// Written by userspace; read by the verdict.
+    pub written: u64,
     /// The agent's connection id, so the kernel's log lines name the same connection as
     /// the decision log. Written by userspace; read by the verdict (for logging only).
     pub conn: u64,
@@ -88,10 +88,38 @@ pub const SEQ_KNOWN: u64 = 1 << 32;
 /// verdict checks every skb's pair against its length.
 pub const SKB_CB_OFFSET: usize = 40;
 
+/// Where the verdict finds a peer socket's send-queue state in the running kernel's
+/// `struct tcp_sock` (its `struct sock` fields included: a tcp_sock starts with one), in
+/// bytes. Redirected skbs wait in the peer's psock queue, charged to no socket, so TCP
+/// never closes the sender's window for them; the verdict therefore redirects an skb only
+/// while the bytes still waiting there plus this one fit in half the peer's free send
+/// buffer, read at that moment, and passes otherwise (see proxy-user's
+/// `datapath::sockmap`). Written by userspace, from vmlinux BTF, into the verdict's
+/// read-only global [`SOCK_LAYOUT`] before loading; read by the verdict.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockLayout {
+    /// `sock.sk_sndbuf` (int): the send buffer size.
+    pub sndbuf: u32,
+    /// `sock.sk_wmem_queued` (int): memory queued for sending, skb overhead included.
+    pub wmem_queued: u32,
+    /// `tcp_sock.bytes_acked` (u64): bytes the receiver acknowledged.
+    pub bytes_acked: u32,
+    /// `tcp_sock.snd_una` (u32): the first unacknowledged sequence number.
+    pub snd_una: u32,
+    /// `tcp_sock.write_seq` (u32): the sequence number after the last queued byte.
+    pub write_seq: u32,
+    pub _pad: u32,
+}
+
+/// The verdict's global holding the [`SockLayout`].
+pub const SOCK_LAYOUT: &str = "SOCK_LAYOUT";
+
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: both are repr(C), Copy, made only of u64s, so they have no padding and every
-    // bit pattern is valid.
+    // SAFETY: all are repr(C), Copy, made only of u64s or only of u32s, so they have no
+    // padding and every bit pattern is valid.
     unsafe impl aya::Pod for super::Handoff {}
     unsafe impl aya::Pod for super::SockCounters {}
+    unsafe impl aya::Pod for super::SockLayout {}
 }

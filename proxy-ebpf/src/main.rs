@@ -9,13 +9,17 @@ use aya_ebpf::{
         BPF_F_NO_PREALLOC,
         sk_action::{SK_DROP, SK_PASS},
     },
-    helpers::{bpf_get_socket_cookie, bpf_probe_read_kernel},
+    cty::c_void,
+    helpers::{
+        bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_probe_read_kernel, bpf_sk_release,
+        bpf_skc_to_tcp_sock,
+    },
     macros::{map, stream_verdict},
     maps::{HashMap, SockHash},
     programs::SkBuffContext,
 };
 use aya_log_ebpf::{info, warn};
-use proxy_common::{Handoff, MAX_SOCKETS, SEQ_KNOWN, SKB_CB_OFFSET, SockCounters};
+use proxy_common::{Handoff, MAX_SOCKETS, SEQ_KNOWN, SKB_CB_OFFSET, SockCounters, SockLayout};
 
 #[map(name = "SOCKS")]
 static SOCKS: SockHash<u64> = SockHash::with_max_entries(MAX_SOCKETS, 0);
@@ -28,6 +32,18 @@ static HANDOFF: HashMap<u64, Handoff> = HashMap::with_max_entries(MAX_SOCKETS, B
 #[map(name = "COUNTERS")]
 static COUNTERS: HashMap<u64, SockCounters> =
     HashMap::with_max_entries(MAX_SOCKETS, BPF_F_NO_PREALLOC);
+
+/// Set by userspace at load, from the kernel's BTF; read with `read_volatile`, as the
+/// compiler would fold these zeros.
+#[unsafe(no_mangle)]
+static SOCK_LAYOUT: SockLayout = SockLayout {
+    sndbuf: 0,
+    wmem_queued: 0,
+    bytes_acked: 0,
+    snd_una: 0,
+    write_seq: 0,
+    _pad: 0,
+};
 
 /// Every skb with bytes gets SK_PASS, with or without a redirect set: SK_DROP would discard
 /// bytes the kernel has already ACKed (sk_psock_verdict_apply, net/core/skmsg.c). Only an
@@ -71,12 +87,13 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
         Some(h) => unsafe { *h },
         None => return pass(counters, len),
     };
-    // Out of credit: passing closes the TCP window once userspace stops reading, which is
-    // the backpressure a redirect lacks. Every later skb passes too (`go` now lags).
-    if handoff.go != counters.passed || counters.redirected + len > handoff.limit {
+    let mut peer = handoff.peer;
+    // No room at the peer: passing closes the TCP window once userspace stops reading,
+    // which is the backpressure a redirect lacks. Every later skb passes too (`go` now
+    // lags) until userspace has relayed the passed bytes.
+    if handoff.go != counters.passed || !peer_has_room(&mut peer, &handoff, counters, len) {
         return pass(counters, len);
     }
-    let mut peer = handoff.peer;
     // Egress redirect (flags 0): the skb is sent out of the peer socket. A miss returns
     // SK_DROP without setting a redirect (bpf_sk_redirect_hash, net/core/sock_map.c); we pass
     // instead so nothing is lost.
@@ -100,6 +117,61 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
     }
     counters.redirected += len;
     SK_PASS
+}
+
+/// Whether `len` more bytes fit in half the peer's free send buffer, after the redirected
+/// bytes still waiting in its psock queue: those the peer's send queue has not taken, and
+/// it has taken all it ever queued (`bytes_acked + write_seq - snd_una`) but userspace's
+/// `written`. Half, as the kernel counts skb overhead in `sk_wmem_queued` too. The fields
+/// are read without the peer's lock, so a reading can be off by what moved meanwhile.
+/// True for a peer gone from the map, so the redirect below fails and says so.
+#[inline(always)]
+fn peer_has_room(peer: &mut u64, handoff: &Handoff, counters: &SockCounters, len: u64) -> bool {
+    let socks = core::ptr::from_ref(&SOCKS).cast_mut().cast::<c_void>();
+    // SAFETY: a lookup from a program takes a reference on the socket, released below.
+    let sk = unsafe { bpf_map_lookup_elem(socks, core::ptr::from_mut(peer).cast()) };
+    if sk.is_null() {
+        return true;
+    }
+    // SAFETY: `sk` is a referenced socket; the cast checks that it is a TCP one.
+    let tp = unsafe { bpf_skc_to_tcp_sock(sk) };
+    let state = if tp.is_null() {
+        None
+    } else {
+        // SAFETY: the layout is the running kernel's; the reads are checked by the helper.
+        unsafe { send_queue(tp.cast::<u8>()) }
+    };
+    // SAFETY: the reference taken by the lookup.
+    unsafe { bpf_sk_release(sk) };
+    let Some((queued_ever, free)) = state else {
+        return false;
+    };
+    let taken = queued_ever.saturating_sub(handoff.written);
+    let waiting = counters.redirected.saturating_sub(taken);
+    waiting + len <= free / 2
+}
+
+/// A TCP socket's bytes ever queued for sending, and its free send buffer.
+#[inline(always)]
+unsafe fn send_queue(tp: *const u8) -> Option<(u64, u64)> {
+    // SAFETY: userspace wrote the global before loading; nothing writes it after.
+    let layout = unsafe { core::ptr::read_volatile(&SOCK_LAYOUT) };
+    // SAFETY: bpf_probe_read_kernel fails cleanly on a bad address.
+    let field = |at: u32| unsafe { bpf_probe_read_kernel(tp.add(at as usize).cast::<u32>()) };
+    let sndbuf = field(layout.sndbuf).ok()? as i32;
+    let wmem_queued = field(layout.wmem_queued).ok()? as i32;
+    let snd_una = field(layout.snd_una).ok()?;
+    let write_seq = field(layout.write_seq).ok()?;
+    // SAFETY: as above.
+    let bytes_acked =
+        unsafe { bpf_probe_read_kernel(tp.add(layout.bytes_acked as usize).cast::<u64>()) }.ok()?;
+    let queued_ever = bytes_acked + u64::from(write_seq.wrapping_sub(snd_una));
+    let free = if sndbuf > wmem_queued {
+        (sndbuf - wmem_queued) as u64
+    } else {
+        0
+    };
+    Some((queued_ever, free))
 }
 
 enum Cut {

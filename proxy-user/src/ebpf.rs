@@ -3,12 +3,12 @@
 use std::{os::fd::AsRawFd, sync::Mutex};
 
 use aya::{
-    Ebpf,
+    Ebpf, EbpfLoader,
     maps::{HashMap, MapData, MapError, SockHash},
     programs::{ProgramError, SkSkb},
 };
 use aya_log::EbpfLogger;
-use proxy_common::{COUNTERS_MAP, HANDOFF_MAP, Handoff, SOCKS_MAP, SockCounters};
+use proxy_common::{COUNTERS_MAP, HANDOFF_MAP, Handoff, SOCK_LAYOUT, SOCKS_MAP, SockCounters};
 use tokio::io::unix::AsyncFd;
 
 /// The object built by proxy-user's build script.
@@ -31,8 +31,8 @@ pub enum LoadError {
     Log(#[from] aya_log::Error),
     #[error("aya-log reader: {0}")]
     LogReader(std::io::Error),
-    #[error("the verdict cannot find TCP sequence numbers in this kernel's skbs: {0}")]
-    Layout(#[from] crate::skb_layout::LayoutError),
+    #[error("the verdict cannot read this kernel's skbs or sockets: {0}")]
+    Layout(#[from] crate::kernel_layout::LayoutError),
 }
 
 /// Entry counts of the maps, for leak checks.
@@ -66,9 +66,11 @@ impl Kernel {
         if OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
-        // Without them the verdict cannot cut repeated bytes, and sockmap is not safe.
-        crate::skb_layout::check()?;
-        let mut ebpf = Ebpf::load(OBJECT)?;
+        // Without it the verdict can neither cut repeated bytes nor bound what it queues.
+        let layout = crate::kernel_layout::read()?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global(SOCK_LAYOUT, &layout, true)
+            .load(OBJECT)?;
         let logger = EbpfLogger::init(&mut ebpf)?;
         let socks: SockHash<MapData, u64> = take(&mut ebpf, SOCKS_MAP)?;
         let handoff = take(&mut ebpf, HANDOFF_MAP)?;

@@ -1,7 +1,8 @@
 //! Bounded kernel memory: a spliced connection whose receivers read 1 MB/s. Redirected
 //! bytes wait in a psock queue that TCP does not account for, so without the verdict's
-//! credit (datapath::sockmap) the kernel queued most of a transfer (DESIGN.md); with it,
-//! each direction holds at most its socket buffers plus the credit.
+//! bound (it redirects only what fits the peer's send buffer, datapath::sockmap) the kernel
+//! queued most of a transfer (DESIGN.md); with it, each direction holds at most its socket
+//! buffers.
 //!
 //! Its own test binary: it takes four and a half minutes, and runs alone.
 
@@ -18,7 +19,7 @@ use sockgate_tests::{
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 256 * MIB;
 const RATE: u64 = 1_000_000;
-/// What a direction may hold beyond its socket buffers (the sockmap credit is within it).
+/// What a direction may hold beyond its socket buffers.
 const EXTRA: u64 = 8 * MIB;
 /// The relay's read buffer, which `Held::bytes` may include while bytes are relayed.
 const USERSPACE: u64 = 64 << 10;

@@ -10,14 +10,14 @@
 //!
 //! Backpressure: a redirected skb leaves the source's receive memory at once and waits in
 //! the peer's psock queue, charged to no socket, so TCP keeps the sender's window open and a
-//! slow receiver lets the kernel queue without bound. Each handoff therefore grants credit:
-//! bytes the verdict may redirect beyond what the peer's send queue has taken, no more than
-//! the peer's send buffer has room for. Out of credit, the verdict passes; the next pass
-//! wakes this loop, which relays those bytes only once the psock queue is empty and the
-//! peer's send buffer takes them (so it blocks with a slow receiver, the source's receive
-//! queue fills and TCP closes its window), then grants new credit. With a peer that has
-//! room, [`catch_up`] relays them without consuming them first, so the handoff completes
-//! again even while the sender keeps sending.
+//! slow receiver lets the kernel queue without bound. The verdict therefore redirects only
+//! while the peer's send buffer has room for what waits there (it reads the peer's state
+//! itself, per skb: `proxy_common::SockLayout`). Without room it passes; the pass wakes
+//! this loop, which relays those bytes only once the psock queue is empty and the peer's
+//! send buffer takes them (so it blocks with a slow receiver, the source's receive queue
+//! fills and TCP closes its window), then hands off again. With a peer that has room,
+//! [`catch_up`] relays them without consuming them first, so the handoff completes again
+//! even while the sender keeps sending.
 //!
 //! The send-buffer bound keeps psock queues empty, and that matters to the other direction:
 //! a passed skb is charged to its socket's receive memory (closing the window) only when
@@ -28,7 +28,7 @@
 use std::{
     future::{Future, poll_fn},
     io,
-    pin::{Pin, pin},
+    pin::pin,
     sync::atomic::{AtomicU64, Ordering::Relaxed},
     time::Duration,
 };
@@ -48,9 +48,6 @@ const LOST_BYTES_GRACE: Duration = Duration::from_secs(2);
 /// The most passed bytes one catch-up holds (see also [`CATCH_UP_BUDGET`]); the receive
 /// buffer bounds them anyway.
 const CATCH_UP: u64 = 32 << 20;
-
-/// A `go` that the verdict's `passed` count never reaches: every byte passes.
-const NOT_YET: u64 = u64::MAX;
 
 /// The read buffer while bytes are passed to userspace (before the handoff completes, or
 /// after a failed redirect).
@@ -93,15 +90,6 @@ fn direction<'a>(
         let mut written = dst.bytes_written();
         let mut go = None;
         let mut eof_since = None;
-        // While bytes are being redirected, the credit is topped up every TOP_UP << slower,
-        // so a fast receiver never runs it out (each run-out relays skbs here until
-        // userspace catches up with a sender that keeps sending, which can take the whole
-        // transfer). A flow that would take several ticks to use its credit is checked
-        // ever less often, so many slow connections cost few wakeups. Boxed and dropped
-        // once a tick sees no progress, so an idle connection holds no timer.
-        let mut top_up: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        let mut last_redirected = 0;
-        let mut slower = 0u32;
         // Held only while bytes are being passed to us, so an idle spliced connection keeps
         // no buffer.
         let mut buf = Vec::new();
@@ -112,52 +100,15 @@ fn direction<'a>(
                     break end;
                 }
                 go = Some(want);
-                slower = 0;
-                top_up = Some(Box::pin(tokio::time::sleep(TOP_UP)));
             }
             // Readable only for bytes the verdict passed, EOF or an error: redirected skbs
             // never show up in the socket's own queue. poll_read_ready keeps the waker in the
             // socket's registration, where readable() would hold a waiter in this future; this
             // direction is the socket's only reader.
-            let ready = poll_fn(|cx| {
-                if let Some(tick) = top_up.as_mut()
-                    && tick.as_mut().poll(cx).is_ready()
-                {
-                    return std::task::Poll::Ready(None);
-                }
-                src.stream().poll_read_ready(cx).map(Some)
-            })
-            .await;
-            match ready {
-                Some(Ok(())) => {}
-                Some(Err(err)) => break End::from_io(&err),
-                None => {
-                    let redirected = kernel.counters(src.cookie()).redirected;
-                    // Quiet: tick ever less often, and stop after about 0.1 s, so idle
-                    // connections hold no timer. A transfer often starts a few ticks after
-                    // the handoff; stopping at the first quiet tick ran its credit out.
-                    if redirected == last_redirected {
-                        slower += 1;
-                        top_up = (slower <= QUIET_TICKS)
-                            .then(|| Box::pin(tokio::time::sleep(TOP_UP * (1 << slower))));
-                        continue;
-                    }
-                    let moved = redirected - last_redirected;
-                    last_redirected = redirected;
-                    let limit = match hand_off(kernel, src, dst, go.unwrap_or(NOT_YET), written) {
-                        Ok(limit) => limit,
-                        Err(end) => break end,
-                    };
-                    slower = if moved * 4 < limit.saturating_sub(redirected) {
-                        (slower + 1).min(MAX_SLOWER)
-                    } else {
-                        0
-                    };
-                    top_up = Some(Box::pin(tokio::time::sleep(TOP_UP * (1 << slower))));
-                    continue;
-                }
+            if let Err(err) = poll_fn(|cx| src.stream().poll_read_ready(cx)).await {
+                break End::from_io(&err);
             }
-            // Passed bytes after a credit run-out.
+            // Passed bytes after the handoff: the peer had no room.
             let counters = kernel.counters(src.cookie());
             if counters.passed > read.load(Relaxed) {
                 // Boxed: rare, as below.
@@ -168,8 +119,6 @@ fn direction<'a>(
                         read.fetch_add(done.consumed, Relaxed);
                         if let Some(caught_up) = done.go {
                             go = Some(caught_up);
-                            slower = 0;
-                            top_up = Some(Box::pin(tokio::time::sleep(TOP_UP)));
                         }
                         // Nothing moved: the plain read below waits for readiness, where
                         // looping would spin on readiness the peek never cleared.
@@ -252,7 +201,7 @@ struct CatchUp {
     go: Option<u64>,
 }
 
-/// Relays the bytes passed after a credit run-out and completes the handoff again. Reading
+/// Relays the bytes passed while the peer had no room and completes the handoff again. Reading
 /// them as they come, `go` chased `passed` for as long as the sender kept up (most of a
 /// 4 GiB transfer, measured), since every read reopened the window. Peeked bytes stay
 /// queued instead: each round writes the ones not written yet, the receive queue fills,
@@ -364,44 +313,26 @@ fn uncut(src: &Endpoint) -> End {
     End::Error
 }
 
-/// Writes `src`'s handoff to `dst` with `go` and fresh credit; returns the new limit.
+/// Writes `src`'s handoff to `dst`: redirect once `go` bytes have passed; userspace has
+/// written `written` bytes to `dst` itself.
 fn hand_off(
     kernel: &Kernel,
     src: &Endpoint,
     dst: &Endpoint,
     go: u64,
     written: u64,
-) -> Result<u64, End> {
-    let limit = credit_limit(dst.stream(), written).map_err(|e| End::from_io(&e))?;
+) -> Result<(), End> {
     let handoff = Handoff {
         peer: dst.cookie(),
         go,
-        limit,
+        written,
         conn: src.conn(),
     };
-    if let Err(err) = kernel.set_handoff(src.cookie(), handoff) {
+    kernel.set_handoff(src.cookie(), handoff).map_err(|err| {
         log::warn!("sock {}: handoff map update failed: {err}", src.cookie());
-        return Err(End::Error);
-    }
-    Ok(limit)
+        End::Error
+    })
 }
-
-/// The `limit` of a new handoff into `dst`: the redirected bytes its send queue has taken
-/// (all it ever queued, `bytes_acked + SIOCOUTQ`, but the `written` bytes userspace wrote),
-/// plus the credit: half the free send buffer, as the kernel counts skb overhead too. So
-/// the redirected bytes fit in the send buffer, and the psock queue, the memory TCP cannot
-/// see, only holds them until the backlog worker moves them there.
-fn credit_limit(dst: &tokio::net::TcpStream, written: u64) -> io::Result<u64> {
-    let queued = sockopt::tcp_info(dst)?.bytes_acked + sockopt::send_queue(dst)?;
-    Ok(queued.saturating_sub(written) + sockopt::send_space(dst)? / 2)
-}
-
-/// How often the credit of a direction that is redirecting fast is topped up; a slow one
-/// every `TOP_UP << MAX_SLOWER` (about a second) at the least.
-const TOP_UP: Duration = Duration::from_millis(1);
-const MAX_SLOWER: u32 = 10;
-/// Quiet ticks of a direction before its timer stops: 1 + 2 + ... + 64 ms.
-const QUIET_TICKS: u32 = 6;
 
 /// Checks of `drained` that only yield before it starts sleeping: the backlog worker
 /// usually empties the psock queue within microseconds, and a timer sleeps a millisecond.

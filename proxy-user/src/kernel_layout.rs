@@ -1,8 +1,9 @@
-//! Checks, from the running kernel's BTF, the one piece of kernel layout the verdict
-//! relies on: where an skb keeps its TCP sequence numbers (`proxy_common::SKB_CB_OFFSET`).
-//! Only what that needs of BTF is read: the header, the strings and the struct members.
+//! The pieces of kernel layout the verdict relies on, from the running kernel's BTF: where
+//! an skb keeps its TCP sequence numbers (`proxy_common::SKB_CB_OFFSET`, checked) and where
+//! a TCP socket keeps its send-queue state (`proxy_common::SockLayout`, read). Only what
+//! that needs of BTF is read: the header, the strings and the struct members.
 
-use proxy_common::SKB_CB_OFFSET;
+use proxy_common::{SKB_CB_OFFSET, SockLayout};
 
 const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -18,21 +19,34 @@ pub enum LayoutError {
     Moved(&'static str, &'static str, u32, usize),
 }
 
-/// Ok if `sk_buff.cb` and `tcp_skb_cb.{seq,end_seq}` are where the verdict reads them.
-pub fn check() -> Result<(), LayoutError> {
+/// Checks that `sk_buff.cb` and `tcp_skb_cb.{seq,end_seq}` are where the verdict reads
+/// them and that a `tcp_sock` starts with its `sock`, and returns the send-queue offsets.
+pub fn read() -> Result<SockLayout, LayoutError> {
     let btf = std::fs::read(VMLINUX_BTF)?;
+    let offset = |strukt: &'static str, member: &'static str| {
+        member_offset(&btf, strukt, member)?.ok_or(LayoutError::NoMember(strukt, member))
+    };
     for (strukt, member, expected) in [
         ("sk_buff", "cb", SKB_CB_OFFSET),
         ("tcp_skb_cb", "seq", 0),
         ("tcp_skb_cb", "end_seq", 4),
+        ("tcp_sock", "inet_conn", 0),
+        ("inet_connection_sock", "icsk_inet", 0),
+        ("inet_sock", "sk", 0),
     ] {
-        let at =
-            member_offset(&btf, strukt, member)?.ok_or(LayoutError::NoMember(strukt, member))?;
+        let at = offset(strukt, member)?;
         if at as usize != expected {
             return Err(LayoutError::Moved(strukt, member, at, expected));
         }
     }
-    Ok(())
+    Ok(SockLayout {
+        sndbuf: offset("sock", "sk_sndbuf")?,
+        wmem_queued: offset("sock", "sk_wmem_queued")?,
+        bytes_acked: offset("tcp_sock", "bytes_acked")?,
+        snd_una: offset("tcp_sock", "snd_una")?,
+        write_seq: offset("tcp_sock", "write_seq")?,
+        _pad: 0,
+    })
 }
 
 const KIND_STRUCT: u32 = 4;
@@ -90,7 +104,19 @@ fn member_offset(btf: &[u8], strukt: &str, member: &str) -> Result<Option<u32>, 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn this_kernel_keeps_tcp_sequence_numbers_where_the_verdict_reads_them() {
-        super::check().expect("sk_buff layout");
+    fn this_kernel_has_the_layout_the_verdict_reads() {
+        let layout = super::read().expect("kernel layout");
+        // All inside a tcp_sock, past its sock_common, and distinct.
+        let all = [
+            layout.sndbuf,
+            layout.wmem_queued,
+            layout.bytes_acked,
+            layout.snd_una,
+            layout.write_seq,
+        ];
+        for (i, at) in all.iter().enumerate() {
+            assert!((100..4096).contains(at), "{layout:?}");
+            assert!(!all[..i].contains(at), "{layout:?}");
+        }
     }
 }
