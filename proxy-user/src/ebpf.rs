@@ -133,10 +133,10 @@ impl Kernel {
         lock(&self.counters).get(&cookie, 0).unwrap_or_default()
     }
 
-    /// Removes every entry of a socket. Missing entries are fine: the kernel removes a
-    /// closed socket from the SOCKHASH by itself.
+    /// Removes a socket's handoff and counters, for a socket about to be closed: closing it
+    /// removes it from the SOCKHASH (sock_map_close, net/core/sock_map.c), which saves a
+    /// syscall per socket. Missing entries are fine.
     pub fn forget(&self, cookie: u64) {
-        let _ = lock(&self.socks).remove(&cookie);
         let _ = lock(&self.handoff).remove(&cookie);
         let _ = lock(&self.counters).remove(&cookie);
     }

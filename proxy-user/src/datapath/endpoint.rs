@@ -101,6 +101,7 @@ impl Endpoint {
 }
 
 impl Drop for Endpoint {
+    /// The stream, dropped right after this, closes the socket, which leaves the SOCKHASH.
     fn drop(&mut self) {
         if let Some(kernel) = &self.kernel {
             kernel.forget(self.cookie);

@@ -310,10 +310,11 @@ fn idle(timeout: Option<Duration>, activity: impl Fn() -> u64) -> impl Future<Ou
         let Some(timeout) = timeout.filter(|t| !t.is_zero()) else {
             return std::future::pending().await;
         };
-        let (mut last, mut since) = (activity(), Instant::now());
+        // No reading before the first tick: a short connection pays no map lookups here.
+        let (mut last, mut since) = (None, Instant::now());
         loop {
             tokio::time::sleep(timeout / 8).await;
-            let now = activity();
+            let now = Some(activity());
             if now != last {
                 (last, since) = (now, Instant::now());
             } else if since.elapsed() >= timeout {

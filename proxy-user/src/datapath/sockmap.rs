@@ -178,6 +178,9 @@ fn direction<'a>(
                 Err(err) => break End::from_io(&err),
             }
         };
+        if !log::log_enabled!(log::Level::Debug) {
+            return end;
+        }
         let c = kernel.counters(src.cookie());
         log::debug!(
             "conn {}: sock {} -> {} ended {end:?}: read {} passed {} redirected {} \
