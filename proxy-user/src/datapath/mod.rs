@@ -25,7 +25,7 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 pub use direction::End;
@@ -300,26 +300,36 @@ impl Datapath {
 
 /// Resolves with [`End::Timeout`] once `activity` (bytes moved either way, by userspace or
 /// the verdict) has not changed for `timeout`; never with `None`. An async block, like
-/// `splice`'s, so its arguments are stored once.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
-)]
+/// `splice`'s, so its arguments are stored once; it counts quiet ticks rather than keep an
+/// `Instant`, and reads `activity` only from its first tick, so a short connection pays no
+/// map lookups here.
 fn idle(timeout: Option<Duration>, activity: impl Fn() -> u64) -> impl Future<Output = End> {
+    // Zero for never, so the future holds one Duration.
+    let tick = timeout
+        .filter(|t| !t.is_zero())
+        .map_or(Duration::ZERO, |t| {
+            (t / IDLE_TICKS).max(Duration::from_nanos(1))
+        });
     async move {
-        let Some(timeout) = timeout.filter(|t| !t.is_zero()) else {
+        if tick.is_zero() {
             return std::future::pending().await;
-        };
-        // No reading before the first tick: a short connection pays no map lookups here.
-        let (mut last, mut since) = (None, Instant::now());
+        }
+        let (mut last, mut quiet) = (u64::MAX, 0);
         loop {
-            tokio::time::sleep(timeout / 8).await;
-            let now = Some(activity());
+            tokio::time::sleep(tick).await;
+            let now = activity();
             if now != last {
-                (last, since) = (now, Instant::now());
-            } else if since.elapsed() >= timeout {
-                return End::Timeout;
+                (last, quiet) = (now, 0);
+            } else {
+                quiet += 1;
+                if quiet == IDLE_TICKS {
+                    return End::Timeout;
+                }
             }
         }
     }
 }
+
+/// Ticks per `idle_timeout`: a connection is closed between one and 9/8 timeouts after its
+/// last byte.
+const IDLE_TICKS: u32 = 8;

@@ -273,15 +273,12 @@ async fn admit(
 )]
 fn drain(mut phase: watch::Receiver<Phase>) -> impl Future<Output = End> + Send {
     async move {
-        let p = loop {
-            let p = *phase.borrow_and_update();
-            if p != Phase::Running {
-                break p;
-            }
+        while *phase.borrow_and_update() == Phase::Running {
             if phase.changed().await.is_err() {
                 return std::future::pending().await;
             }
-        };
+        }
+        let p = *phase.borrow();
         if let Phase::Draining { grace } = p {
             tokio::time::sleep(grace).await;
         }
