@@ -29,6 +29,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    fixed_mmap_threshold();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format_timestamp_micros()
         .init();
@@ -45,5 +46,18 @@ fn main() -> ExitCode {
             eprintln!("sockgate: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Allocations from 256 KiB up are mapped, and unmapped when freed. glibc's default raises
+/// that threshold to the size of the first such block freed (up to 32 MiB), after which a
+/// catch-up's buffer (up to 32 MiB, datapath::sockmap) stayed in a heap arena for good: a
+/// relay's resident memory went from 21 to 88 MB over six 2 GiB transfers. Setting it
+/// turns the adjustment off.
+fn fixed_mmap_threshold() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only changes a malloc parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
     }
 }
