@@ -34,11 +34,13 @@ pub struct Handoff {
     /// to userspace is written to the peer before any later byte is redirected.
     /// Written by userspace; read by the verdict.
     pub go: u64,
-    /// Bytes userspace itself has written to the peer (relayed during the handshake, or
-    /// passed and relayed since). The peer's send queue has taken every byte ever queued
-    /// on it but these from the verdict, which is how the verdict tells how many of its
-    /// redirected bytes still wait in the peer's psock queue (see [`SockLayout`]).
-    /// Written by userspace; read by the verdict.
+    /// Of the peer's count of bytes ever queued for sending (`bytes_acked + write_seq -
+    /// snd_una`), those the verdict did not redirect: what userspace wrote to it (relayed
+    /// during the handshake, or passed and relayed since), plus 1 on a socket sockgate
+    /// connected, whose `bytes_acked` counts the SYN. The rest are redirected bytes the
+    /// peer's send queue has taken, which is how the verdict tells how many still wait in
+    /// the peer's psock queue (see [`SockLayout`]). Written by userspace; read by the
+    /// verdict.
     pub written: u64,
     /// The agent's connection id, so the kernel's log lines name the same connection as
     /// the decision log. Written by userspace; read by the verdict (for logging only).

@@ -121,7 +121,7 @@ fn try_verdict(ctx: &SkBuffContext) -> u32 {
 
 /// Whether `len` more bytes fit in half the peer's free send buffer, after the redirected
 /// bytes still waiting in its psock queue: those the peer's send queue has not taken, and
-/// it has taken all it ever queued (`bytes_acked + write_seq - snd_una`) but userspace's
+/// it has taken all it ever queued (`bytes_acked + write_seq - snd_una`) but the handoff's
 /// `written`. Half, as the kernel counts skb overhead in `sk_wmem_queued` too. The fields
 /// are read without the peer's lock, so a reading can be off by what moved meanwhile.
 /// True for a peer gone from the map, so the redirect below fails and says so.

@@ -136,7 +136,8 @@ pub fn send_queue(fd: &impl AsRawFd) -> io::Result<u64> {
 pub struct TcpInfo {
     /// TCP state (`TCP_ESTABLISHED` = 1, ...).
     pub state: u8,
-    /// Bytes the peer has acknowledged.
+    /// Bytes the peer has acknowledged, and on a socket that connected (not one that was
+    /// accepted), 1 more for its SYN.
     pub bytes_acked: u64,
     /// Bytes received from the peer.
     pub bytes_received: u64,
@@ -188,5 +189,32 @@ pub fn set_ip_transparent(fd: &impl AsRawFd, ipv6: bool) -> io::Result<()> {
         setsockopt::<libc::c_int>(fd, libc::SOL_IPV6, libc::IPV6_TRANSPARENT, 1)
     } else {
         setsockopt::<libc::c_int>(fd, libc::SOL_IP, libc::IP_TRANSPARENT, 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::{Read, Write},
+        net::{TcpListener, TcpStream},
+    };
+
+    use super::{send_queue, tcp_info};
+
+    /// What `datapath::sockmap` relies on when it counts the bytes a socket ever queued as
+    /// `bytes_acked + SIOCOUTQ`: the connecting side's count starts at 1, the SYN.
+    #[test]
+    fn bytes_acked_counts_the_syn_of_a_connect() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut connected = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut accepted, _) = listener.accept().unwrap();
+        let queued = |s: &TcpStream| tcp_info(s).unwrap().bytes_acked + send_queue(s).unwrap();
+        // Acknowledged or not, a written byte counts once.
+        connected.write_all(b"ping").unwrap();
+        accepted.write_all(b"pong!").unwrap();
+        accepted.read_exact(&mut [0; 4]).unwrap();
+        connected.read_exact(&mut [0; 5]).unwrap();
+        assert_eq!(queued(&connected), 1 + 4);
+        assert_eq!(queued(&accepted), 5);
     }
 }

@@ -87,7 +87,14 @@ fn direction<'a>(
     read: &'a AtomicU64,
 ) -> impl Future<Output = End> + 'a {
     async move {
-        let mut written = dst.bytes_written();
+        // Of `dst`'s count of bytes ever queued (`queued_ever`), those the verdict did not
+        // redirect: userspace's writes, and on a socket we connected, its SYN, which
+        // `bytes_acked` counts. Nothing is redirected to `dst` before this direction's
+        // first handoff, so that is the whole count now.
+        let mut written = match queued_ever(dst.stream()) {
+            Ok(queued) => queued,
+            Err(err) => return End::from_io(&err),
+        };
         let mut go = None;
         let mut eof_since = None;
         // Held only while bytes are being passed to us, so an idle spliced connection keeps
@@ -341,9 +348,14 @@ fn hand_off(
 /// usually empties the psock queue within microseconds, and a timer sleeps a millisecond.
 const SPINS: u32 = 64;
 
-/// Waits until `dst`'s send queue has taken everything meant for it: what userspace wrote
-/// plus what the verdict redirected from `src`. Bytes ever queued for sending are
-/// `bytes_acked + SIOCOUTQ`.
+/// Bytes `dst` ever queued for sending: `bytes_acked + SIOCOUTQ`. On a socket we connected
+/// this includes 1 for the SYN (`sockopt::tests::bytes_acked_counts_the_syn_of_a_connect`).
+fn queued_ever(dst: &tokio::net::TcpStream) -> io::Result<u64> {
+    Ok(sockopt::tcp_info(dst)?.bytes_acked + sockopt::send_queue(dst)?)
+}
+
+/// Waits until `dst`'s send queue has taken everything meant for it: `written` (see
+/// [`direction`]) plus what the verdict redirected from `src`.
 async fn drained(
     kernel: &Kernel,
     src: &Endpoint,
