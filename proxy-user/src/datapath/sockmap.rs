@@ -95,18 +95,19 @@ fn direction<'a>(
             Ok(queued) => queued,
             Err(err) => return End::from_io(&err),
         };
-        let mut go = None;
+        // The `go` last handed off; none yet at first (u64::MAX, which `read` never reaches).
+        let mut go = u64::MAX;
         let mut eof_since = None;
         // Held only while bytes are being passed to us, so an idle spliced connection keeps
         // no buffer.
         let mut buf = Vec::new();
         let end = loop {
             let want = read.load(Relaxed);
-            if go != Some(want) {
+            if go != want {
                 if let Err(end) = hand_off(kernel, src, dst, want, written) {
                     break end;
                 }
-                go = Some(want);
+                go = want;
             }
             // Readable only for bytes the verdict passed, EOF or an error: redirected skbs
             // never show up in the socket's own queue. poll_read_ready keeps the waker in the
@@ -125,7 +126,7 @@ fn direction<'a>(
                     Ok(done) => {
                         read.fetch_add(done.consumed, Relaxed);
                         if let Some(caught_up) = done.go {
-                            go = Some(caught_up);
+                            go = caught_up;
                         }
                         // Nothing moved: the plain read below waits for readiness, where
                         // looping would spin on readiness the peek never cleared.
@@ -137,52 +138,57 @@ fn direction<'a>(
                 }
             }
             buf.resize(BUFFER, 0);
-            match src.stream().try_read(&mut buf) {
-                Ok(0) => {
-                    // Boxed: rare (EOF only), so an idle connection holds none of its state.
-                    match Box::pin(eof_is_final(src, read.load(Relaxed), &mut eof_since)).await {
-                        Ok(true) => {}
-                        Ok(false) => continue,
-                        Err(end) => break end,
-                    }
-                    // FIN is not redirected. Shutting the peer down before its send queue has
-                    // taken every redirected byte would drop them. Boxed: rare, as above.
-                    if let Err(end) = Box::pin(drained(kernel, src, dst.stream(), written)).await {
-                        break end;
-                    }
-                    break match sockopt::shutdown_write(dst.stream()) {
-                        Ok(()) => End::Fin,
-                        Err(err) => End::from_io(&err),
-                    };
+            // Taken apart before any wait, so the future keeps no room for the result.
+            let n = match src.stream().try_read(&mut buf) {
+                Ok(n) => n,
+                // Woken with nothing to read (the readiness left over from the handshake,
+                // say): an idle connection keeps no buffer.
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    buf = Vec::new();
+                    continue;
                 }
-                Ok(n) => {
-                    let counters = kernel.counters(src.cookie());
-                    if counters.uncut > 0 {
-                        break uncut(src);
-                    }
-                    // Redirected skbs may still wait in the peer's psock queue; ours must not
-                    // overtake them. Boxed: passed bytes are rare once the handoff is done.
-                    if counters.redirected > 0
-                        && let Err(end) =
-                            Box::pin(drained(kernel, src, dst.stream(), written)).await
-                    {
-                        break end;
-                    }
-                    // Boxed: as above, so idle connections do not reserve room for it.
-                    if let Err(err) = Box::pin(write_all(dst.stream(), &buf[..n])).await {
-                        break End::from_io(&err);
-                    }
-                    written += n as u64;
-                    let total = read.fetch_add(n as u64, Relaxed) + n as u64;
-                    if counters.passed == total {
-                        // Caught up: the handoff completes on the next turn.
-                        buf = Vec::new();
-                    }
-                }
-                // Woken with nothing to read (the readiness left over from the handshake, say):
-                // an idle connection keeps no buffer.
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => buf = Vec::new(),
                 Err(err) => break End::from_io(&err),
+            };
+            if n == 0 {
+                // Boxed: rare (EOF only), so an idle connection holds none of its state.
+                match Box::pin(eof_is_final(src, read.load(Relaxed), &mut eof_since)).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(end) => break end,
+                }
+                // FIN is not redirected. Shutting the peer down before its send queue has
+                // taken every redirected byte would drop them. Boxed: rare, as above.
+                if let Err(end) = Box::pin(drained(kernel, src, dst.stream(), written)).await {
+                    break end;
+                }
+                break match sockopt::shutdown_write(dst.stream()) {
+                    Ok(()) => End::Fin,
+                    Err(err) => End::from_io(&err),
+                };
+            }
+            let counters = kernel.counters(src.cookie());
+            if counters.uncut > 0 {
+                break uncut(src);
+            }
+            // Only this is kept across the waits below, not all the counters: every
+            // relayed connection's future has room for them.
+            let passed = counters.passed;
+            // Redirected skbs may still wait in the peer's psock queue; ours must not
+            // overtake them. Boxed: passed bytes are rare once the handoff is done.
+            if counters.redirected > 0
+                && let Err(end) = Box::pin(drained(kernel, src, dst.stream(), written)).await
+            {
+                break end;
+            }
+            // Boxed: as above, so idle connections do not reserve room for it.
+            if let Err(err) = Box::pin(write_all(dst.stream(), &buf[..n])).await {
+                break End::from_io(&err);
+            }
+            written += n as u64;
+            let total = read.fetch_add(n as u64, Relaxed) + n as u64;
+            if passed == total {
+                // Caught up: the handoff completes on the next turn.
+                buf = Vec::new();
             }
         };
         if !log::log_enabled!(log::Level::Debug) {
