@@ -284,7 +284,7 @@ async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, info: Arc<Listene
             drop(guard);
             continue;
         }
-        tokio::spawn(session::run(cx, stream, peer, conn, guard));
+        tokio::spawn(session::run(cx, Box::new((stream, peer)), conn, guard));
     }
 }
 

@@ -60,19 +60,26 @@ impl End {
 /// both (and the sockets, which linger zero until then, are reset when closed).
 ///
 /// The callers pin the directions in place: taken by value, each would be stored twice in
-/// this future, once as the argument and once pinned.
-pub(super) async fn both(
-    mut up: Pin<&mut impl Future<Output = End>>,
-    mut down: Pin<&mut impl Future<Output = End>>,
-) -> End {
-    let (first, up_first) = tokio::select! {
-        end = up.as_mut() => (end, true),
-        end = down.as_mut() => (end, false),
-    };
-    match first {
-        End::Fin if up_first => down.await,
-        End::Fin => up.await,
-        other => other,
+/// this future, once as the argument and once pinned. An async block, not an async fn, for
+/// the same reason: it stores its arguments once.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+pub(super) fn both<'a>(
+    mut up: Pin<&'a mut impl Future<Output = End>>,
+    mut down: Pin<&'a mut impl Future<Output = End>>,
+) -> impl Future<Output = End> + 'a {
+    async move {
+        let (first, up_first) = tokio::select! {
+            end = up.as_mut() => (end, true),
+            end = down.as_mut() => (end, false),
+        };
+        match first {
+            End::Fin if up_first => down.await,
+            End::Fin => up.await,
+            other => other,
+        }
     }
 }
 
