@@ -111,6 +111,7 @@ pub struct SockLayout {
     pub snd_una: u32,
     /// `tcp_sock.write_seq` (u32): the sequence number after the last queued byte.
     pub write_seq: u32,
+    /// Unused; keeps the size a multiple of 8. Zero.
     pub _pad: u32,
 }
 
