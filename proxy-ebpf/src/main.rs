@@ -160,11 +160,13 @@ unsafe fn send_queue(tp: *const u8) -> Option<(u64, u64)> {
     let field = |at: u32| unsafe { bpf_probe_read_kernel(tp.add(at as usize).cast::<u32>()) };
     let sndbuf = field(layout.sndbuf).ok()? as i32;
     let wmem_queued = field(layout.wmem_queued).ok()? as i32;
-    let snd_una = field(layout.snd_una).ok()?;
-    let write_seq = field(layout.write_seq).ok()?;
+    // In this order, an ACK between the reads can only make the sum short (the waiting
+    // bytes seem more: the safe side), and write_seq, read last, is never behind snd_una.
     // SAFETY: as above.
     let bytes_acked =
         unsafe { bpf_probe_read_kernel(tp.add(layout.bytes_acked as usize).cast::<u64>()) }.ok()?;
+    let snd_una = field(layout.snd_una).ok()?;
+    let write_seq = field(layout.write_seq).ok()?;
     let queued_ever = bytes_acked + u64::from(write_seq.wrapping_sub(snd_una));
     let free = if sndbuf > wmem_queued {
         (sndbuf - wmem_queued) as u64

@@ -16,7 +16,8 @@ pub struct Endpoint {
     cookie: u64,
     /// The agent's connection id, for the kernel's log lines.
     conn: u64,
-    /// Set while the socket is in the SOCKHASH; dropping the endpoint removes its entries.
+    /// Set while the socket is in the SOCKHASH; dropping the endpoint removes its handoff
+    /// and counters, and closing its socket takes it out of the SOCKHASH.
     kernel: Option<Arc<Kernel>>,
     /// Bytes userspace has read from this socket.
     read: u64,

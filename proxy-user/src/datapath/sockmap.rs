@@ -116,7 +116,7 @@ fn direction<'a>(
             if let Err(err) = poll_fn(|cx| src.stream().poll_read_ready(cx)).await {
                 break End::from_io(&err);
             }
-            // Passed bytes after the handoff: the peer had no room.
+            // Passed bytes after the handoff: the peer had no room, or a redirect failed.
             let counters = kernel.counters(src.cookie());
             if counters.passed > read.load(Relaxed) {
                 // Boxed: rare, as below.
@@ -356,8 +356,19 @@ const SPINS: u32 = 64;
 
 /// Bytes `dst` ever queued for sending: `bytes_acked + SIOCOUTQ`. On a socket we connected
 /// this includes 1 for the SYN (`sockopt::tests::bytes_acked_counts_the_syn_of_a_connect`).
+/// An ACK between the two reads would move bytes from the second to the first unseen and
+/// make the sum short, so it is read again until `bytes_acked` is the same on both sides of
+/// SIOCOUTQ (the caller makes sure nothing else queues on `dst` meanwhile).
 fn queued_ever(dst: &tokio::net::TcpStream) -> io::Result<u64> {
-    Ok(sockopt::tcp_info(dst)?.bytes_acked + sockopt::send_queue(dst)?)
+    let mut acked = sockopt::tcp_info(dst)?.bytes_acked;
+    loop {
+        let queued = sockopt::send_queue(dst)?;
+        let again = sockopt::tcp_info(dst)?.bytes_acked;
+        if again == acked {
+            return Ok(acked + queued);
+        }
+        acked = again;
+    }
 }
 
 /// Waits until `dst`'s send queue has taken everything meant for it: `written` (see
