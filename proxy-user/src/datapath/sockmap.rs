@@ -67,15 +67,30 @@ pub(super) fn run<'a>(
 ) -> impl Future<Output = End> + Send + 'a {
     async move {
         both(
-            pin!(direction(kernel, client, upstream, &moved.up)),
-            pin!(direction(kernel, upstream, client, &moved.down)),
+            pin!(direction(kernel, client, upstream, &moved.up, Syn::Counted)),
+            pin!(direction(
+                kernel,
+                upstream,
+                client,
+                &moved.down,
+                Syn::NotCounted
+            )),
         )
         .await
     }
 }
 
+/// Whether a socket's `bytes_acked` counts its SYN: it does on the side that connected
+/// (the upstream), not on the side that accepted (the client); measured, and pinned by
+/// `sockopt::tests::bytes_acked_counts_the_syn_of_a_connect`.
+#[derive(Clone, Copy)]
+enum Syn {
+    Counted = 1,
+    NotCounted = 0,
+}
+
 /// One direction, `src` to `dst`, with a debug line on how it ended. `read` counts what
-/// userspace read from `src`.
+/// userspace read from `src`; `dst_syn` says whether `dst`'s `bytes_acked` counts its SYN.
 #[expect(
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
@@ -85,16 +100,12 @@ fn direction<'a>(
     src: &'a Endpoint,
     dst: &'a Endpoint,
     read: &'a AtomicU64,
+    dst_syn: Syn,
 ) -> impl Future<Output = End> + 'a {
     async move {
-        // Of `dst`'s count of bytes ever queued (`queued_ever`), those the verdict did not
-        // redirect: userspace's writes, and on a socket we connected, its SYN, which
-        // `bytes_acked` counts. Nothing is redirected to `dst` before this direction's
-        // first handoff, so that is the whole count now.
-        let mut written = match queued_ever(dst.stream()) {
-            Ok(queued) => queued,
-            Err(err) => return End::from_io(&err),
-        };
+        // Of `dst`'s count of bytes ever queued (`bytes_acked + SIOCOUTQ`), those the
+        // verdict did not redirect: userspace's writes, and the SYN where it counts.
+        let mut written = dst.bytes_written() + dst_syn as u64;
         // The `go` last handed off; none yet at first (u64::MAX, which `read` never reaches).
         let mut go = u64::MAX;
         let mut eof_since = None;
@@ -354,25 +365,10 @@ fn hand_off(
 /// usually empties the psock queue within microseconds, and a timer sleeps a millisecond.
 const SPINS: u32 = 64;
 
-/// Bytes `dst` ever queued for sending: `bytes_acked + SIOCOUTQ`. On a socket we connected
-/// this includes 1 for the SYN (`sockopt::tests::bytes_acked_counts_the_syn_of_a_connect`).
-/// An ACK between the two reads would move bytes from the second to the first unseen and
-/// make the sum short, so it is read again until `bytes_acked` is the same on both sides of
-/// SIOCOUTQ (the caller makes sure nothing else queues on `dst` meanwhile).
-fn queued_ever(dst: &tokio::net::TcpStream) -> io::Result<u64> {
-    let mut acked = sockopt::tcp_info(dst)?.bytes_acked;
-    loop {
-        let queued = sockopt::send_queue(dst)?;
-        let again = sockopt::tcp_info(dst)?.bytes_acked;
-        if again == acked {
-            return Ok(acked + queued);
-        }
-        acked = again;
-    }
-}
-
 /// Waits until `dst`'s send queue has taken everything meant for it: `written` (see
-/// [`direction`]) plus what the verdict redirected from `src`.
+/// [`direction`]) plus what the verdict redirected from `src`. Bytes ever queued for
+/// sending are `bytes_acked + SIOCOUTQ`; an ACK between the two reads can only make the
+/// sum short, so this waits rather than finish early.
 async fn drained(
     kernel: &Kernel,
     src: &Endpoint,
