@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use tokio::{
     net::{TcpListener, TcpSocket},
     signal::unix::{SignalKind, signal},
-    sync::watch,
+    sync::{Notify, watch},
     task::JoinHandle,
 };
 
@@ -28,7 +28,8 @@ use crate::{
     datapath::{DEFAULT_SEND_BUFFER, Datapath},
     events,
     policy::Policy,
-    session::{self, Context, ListenerInfo, Live, Phase},
+    pulse::{self, Phase, Pulse},
+    session::{self, Context, ListenerInfo, Live},
     sockopt,
     upstream::Resolver,
 };
@@ -38,7 +39,10 @@ struct Agent {
     datapath: Arc<Datapath>,
     /// The config snapshot new connections take; replaced whole on reload.
     live: RwLock<Arc<Live>>,
-    phase: watch::Sender<Phase>,
+    /// The phase and idle tick every session watches.
+    pulse: watch::Sender<Pulse>,
+    /// Wakes the ticker when a reload may have changed `idle_timeout`.
+    reloaded: Notify,
     next_conn: AtomicU64,
     /// Connections open now (for `max_connections`).
     active: AtomicUsize,
@@ -74,11 +78,11 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mode = config.datapath;
     let datapath = Datapath::load(mode, DEFAULT_SEND_BUFFER)
         .context("datapath = \"sockmap\" needs the eBPF program")?;
-    let (phase, _) = watch::channel(Phase::Running);
     let agent = Arc::new(Agent {
         datapath: Arc::new(datapath),
         live: RwLock::new(Arc::new(live)),
-        phase,
+        pulse: watch::Sender::new(Pulse::default()),
+        reloaded: Notify::new(),
         next_conn: AtomicU64::new(0),
         active: AtomicUsize::new(0),
         listeners: Mutex::new(HashMap::new()),
@@ -86,6 +90,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     for listener in &config.listeners {
         start_listener(&agent, listener).await?;
     }
+    let ticker = tokio::spawn(tick(Arc::clone(&agent)));
     log::info!(
         "sockgate running: {} listeners, {} rules, datapath {} ({mode:?})",
         config.listeners.len(),
@@ -101,7 +106,30 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         }
     };
     shutdown(&agent, grace).await;
+    ticker.abort();
     Ok(())
+}
+
+/// Bumps the pulse's tick every `idle_timeout / IDLE_TICKS` of the running config, so one
+/// timer paces the idle checks of every relayed connection. A reload's `idle_timeout`
+/// applies to open connections too; a reload never delays a tick past the new period.
+async fn tick(agent: Arc<Agent>) {
+    let mut last = tokio::time::Instant::now();
+    loop {
+        match pulse::tick_period(live_limits(&agent).idle_timeout) {
+            Some(period) => tokio::select! {
+                _ = tokio::time::sleep_until(last + period) => {
+                    last = tokio::time::Instant::now();
+                    agent.pulse.send_modify(|p| p.tick = p.tick.wrapping_add(1));
+                }
+                _ = agent.reloaded.notified() => {}
+            },
+            None => {
+                agent.reloaded.notified().await;
+                last = tokio::time::Instant::now();
+            }
+        }
+    }
 }
 
 /// SIGUSR1: one `stats` line on the decision log.
@@ -145,9 +173,17 @@ async fn shutdown(agent: &Agent, grace: Duration) {
     {
         task.abort();
     }
-    agent.phase.send_replace(Phase::Draining { grace });
-    // Sessions close themselves when the grace period ends; wait for their close lines.
-    let deadline = tokio::time::Instant::now() + grace + Duration::from_secs(2);
+    agent.pulse.send_modify(|p| p.phase = Phase::Draining);
+    // Relayed connections go on for the grace period, then close themselves; wait for
+    // their close lines.
+    wait_idle(agent, grace).await;
+    agent.pulse.send_modify(|p| p.phase = Phase::Closed);
+    wait_idle(agent, Duration::from_secs(2)).await;
+}
+
+/// Returns when no connection is open, or after `limit`.
+async fn wait_idle(agent: &Agent, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
     while agent.active.load(Relaxed) > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -173,6 +209,7 @@ async fn reload(agent: &Arc<Agent>, path: &Path) {
         log::warn!("reload: a datapath change takes effect only after a restart");
     }
     *agent.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
+    agent.reloaded.notify_one();
     let wanted: HashMap<&str, &ListenerConfig> = config
         .listeners
         .iter()
@@ -271,7 +308,7 @@ async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, info: Arc<Listene
             datapath: Arc::clone(&agent.datapath),
             live: Arc::clone(&live),
             listener: Arc::clone(&info),
-            phase: agent.phase.subscribe(),
+            pulse: agent.pulse.subscribe(),
         };
         let open = agent.active.fetch_add(1, Relaxed) + 1;
         let guard = Active(Arc::clone(&agent));

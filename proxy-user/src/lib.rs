@@ -8,6 +8,7 @@
 //! - [`cli`]: the subcommands (`run`, `check`, `decide`, `relay`).
 //! - [`agent`]: `sockgate run`: listeners, reload and shutdown.
 //! - [`session`]: one connection's flow, from accept to close.
+//! - [`pulse`]: the lifecycle phase and idle tick the agent sends every session.
 //! - [`connect`]: the CONNECT request parser.
 //! - [`upstream`]: resolving and connecting to servers.
 //! - [`events`]: the JSON decision log.
@@ -26,6 +27,7 @@ pub mod events;
 pub mod kernel_layout;
 pub mod names;
 pub mod policy;
+pub mod pulse;
 pub mod relay;
 pub mod session;
 pub mod sockopt;

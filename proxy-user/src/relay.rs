@@ -68,12 +68,7 @@ async fn relay(
     copy_exact(&mut client, &mut upstream, config.handshake_bytes).await?;
     copy_exact(&mut upstream, &mut client, config.handshake_bytes).await?;
     Ok(datapath
-        .splice(
-            client,
-            upstream,
-            None,
-            std::pin::pin!(std::future::pending()),
-        )
+        .splice(client, upstream, &mut crate::pulse::never())
         .await)
 }
 

@@ -13,7 +13,7 @@ use std::{
 
 use proxy_user::sockopt;
 use sockgate_tests::{
-    agent::{Agent, WAIT, assert_close_shape},
+    agent::{Agent, Reload, WAIT, assert_close_shape},
     netns::NetNs,
     programs::{connect_tunnel, s_client_once},
 };
@@ -216,6 +216,31 @@ fn idle_timeout_sockmap() {
 #[test]
 fn idle_timeout_splice() {
     idle_timeout("splice");
+}
+
+/// A reload's `idle_timeout` reaches tunnels that are already open: one opened under
+/// "1h" is reset within about a second of silence once the config says "1s".
+#[test]
+fn reloaded_idle_timeout_applies_to_open_tunnels() {
+    let _ns = NetNs::enter_new();
+    let ends = echo_server();
+    let mut agent = Agent::start(&config("sockmap", "idle_timeout = \"1h\""));
+    let mut stream = echo_tunnel();
+    round_trip(&mut stream, b"x");
+    let reloaded = Instant::now();
+    assert!(matches!(
+        agent.reload(&config("sockmap", "idle_timeout = \"1s\"")),
+        Reload::Applied
+    ));
+    assert_eq!(read_end(&mut stream), Err(ErrorKind::ConnectionReset));
+    let waited = reloaded.elapsed();
+    assert!(
+        waited < Duration::from_secs(5),
+        "reset {waited:?} after the reload"
+    );
+    assert_eq!(server_end(&ends), Err(ErrorKind::ConnectionReset));
+    let conn = agent.conn_for("allowed.test", 0);
+    assert_eq!(conn.close["end"], "timeout", "{}", conn.close);
 }
 
 /// A reset from the client mid-splice reaches the server as a reset, and the reverse.

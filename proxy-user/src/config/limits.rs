@@ -23,7 +23,8 @@ pub struct Limits {
     /// How long connecting to the server may take.
     #[serde(deserialize_with = "duration::deserialize")]
     pub connect_timeout: Duration,
-    /// Close a relayed connection after this long without traffic; `"0"` turns it off.
+    /// Close a relayed connection after this long without traffic; `"0"` turns it off. A
+    /// reload's value applies to open connections too.
     #[serde(deserialize_with = "duration::deserialize")]
     pub idle_timeout: Duration,
     /// On SIGTERM, how long open connections may drain before they are closed.

@@ -25,16 +25,16 @@ use std::{
         Arc,
         atomic::{AtomicU64, Ordering::Relaxed},
     },
-    time::Duration,
 };
 
 pub use direction::End;
 use direction::Moved;
 pub use endpoint::Endpoint;
-use tokio::net::TcpStream;
+use tokio::{net::TcpStream, sync::watch};
 
 use crate::{
     ebpf::{Kernel, LoadError},
+    pulse::{IDLE_TICKS, Phase, Pulse},
     sockopt::{self, SendBuffer},
 };
 
@@ -216,13 +216,13 @@ impl Datapath {
     }
 
     /// Moves bytes both ways until both directions end, until no byte moved either way for
-    /// `idle_timeout` (`None`: never), or until `stop` resolves (its value is then the end).
-    /// Then closes both sockets, with a reset unless both directions ended with FIN;
-    /// dropping the endpoints frees their map entries.
+    /// [`IDLE_TICKS`] of `pulse`'s ticks, or until `pulse` says `Closed`. Then closes both
+    /// sockets, with a reset unless both directions ended with FIN; dropping the endpoints
+    /// frees their map entries.
     ///
-    /// Every relayed connection holds this future while it lasts, so it is kept small:
-    /// `stop` comes pinned by the caller, and the body is an async block, not an async fn,
-    /// which would store its arguments twice (rust-lang/rust#62958).
+    /// Every relayed connection holds this future while it lasts, so it is kept small: it
+    /// waits on `pulse` alone (no timer of its own), and the body is an async block, not an
+    /// async fn, which would store its arguments twice (rust-lang/rust#62958).
     #[expect(
         clippy::manual_async_fn,
         reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
@@ -231,8 +231,7 @@ impl Datapath {
         &'a self,
         client: Endpoint,
         upstream: Endpoint,
-        idle_timeout: Option<Duration>,
-        stop: Pin<&'a mut impl Future<Output = End>>,
+        pulse: &'a mut watch::Receiver<Pulse>,
     ) -> impl Future<Output = Outcome> + 'a {
         async move {
             // Until both directions end with FIN, any close resets: if the agent dies, each
@@ -267,8 +266,7 @@ impl Datapath {
             };
             let end = tokio::select! {
                 end = run => end,
-                end = stop => end,
-                end = idle(idle_timeout, activity) => end,
+                end = heed(pulse, activity) => end,
             };
             if end == End::Fin {
                 let _ = sockopt::clear_linger(client.stream());
@@ -298,38 +296,106 @@ impl Datapath {
     }
 }
 
-/// Resolves with [`End::Timeout`] once `activity` (bytes moved either way, by userspace or
-/// the verdict) has not changed for `timeout`; never with `None`. An async block, like
-/// `splice`'s, so its arguments are stored once; it counts quiet ticks rather than keep an
-/// `Instant`, and reads `activity` only from its first tick, so a short connection pays no
-/// map lookups here.
-fn idle(timeout: Option<Duration>, activity: impl Fn() -> u64) -> impl Future<Output = End> {
-    // Zero for never, so the future holds one Duration.
-    let tick = timeout
-        .filter(|t| !t.is_zero())
-        .map_or(Duration::ZERO, |t| {
-            (t / IDLE_TICKS).max(Duration::from_nanos(1))
-        });
+/// Resolves with [`End::Shutdown`] once `pulse` says `Closed`, or with [`End::Timeout`]
+/// once `activity` (bytes moved either way, by userspace or the verdict) has not changed
+/// for [`IDLE_TICKS`] ticks. It reads `activity` only on ticks, so a short connection pays
+/// no map lookups here.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
+)]
+fn heed<'a>(
+    pulse: &'a mut watch::Receiver<Pulse>,
+    activity: impl Fn() -> u64 + 'a,
+) -> impl Future<Output = End> + 'a {
     async move {
-        if tick.is_zero() {
-            return std::future::pending().await;
-        }
         let (mut last, mut quiet) = (u64::MAX, 0);
+        let mut tick = pulse.borrow_and_update().tick;
         loop {
-            tokio::time::sleep(tick).await;
-            let now = activity();
-            if now != last {
-                (last, quiet) = (now, 0);
-            } else {
-                quiet += 1;
-                if quiet == IDLE_TICKS {
-                    return End::Timeout;
+            let now = *pulse.borrow_and_update();
+            if now.phase == Phase::Closed {
+                return End::Shutdown;
+            }
+            if now.tick != tick {
+                // Ticks missed while this task was busy count too.
+                let ticks = now.tick.wrapping_sub(tick);
+                tick = now.tick;
+                let moved = activity();
+                if moved != last {
+                    (last, quiet) = (moved, 0);
+                } else {
+                    quiet += ticks;
+                    if quiet >= IDLE_TICKS {
+                        return End::Timeout;
+                    }
                 }
+            }
+            if pulse.changed().await.is_err() {
+                // The agent is gone (or this is a plain relay): nothing ends the connection.
+                return std::future::pending().await;
             }
         }
     }
 }
 
-/// Ticks per `idle_timeout`: a connection is closed between one and 9/8 timeouts after its
-/// last byte.
-const IDLE_TICKS: u32 = 8;
+#[cfg(test)]
+mod tests {
+    use std::{cell::Cell, future::poll_fn, task::Poll};
+
+    use super::*;
+
+    /// Polls `fut` once, without blocking.
+    async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+        poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut *fut).poll(cx) {
+                Poll::Ready(v) => Some(v),
+                Poll::Pending => None,
+            })
+        })
+        .await
+    }
+
+    fn bump(tx: &watch::Sender<Pulse>, ticks: u32) {
+        tx.send_modify(|p| p.tick = p.tick.wrapping_add(ticks));
+    }
+
+    #[tokio::test]
+    async fn quiet_ticks_time_out_and_bytes_restart_the_count() {
+        let (tx, mut rx) = watch::channel(Pulse::default());
+        let moved = Cell::new(0u64);
+        let mut heed = Box::pin(heed(&mut rx, || moved.get()));
+        assert_eq!(poll_once(&mut heed).await, None);
+        // The first tick only takes the count.
+        bump(&tx, 1);
+        assert_eq!(poll_once(&mut heed).await, None);
+        for _ in 1..IDLE_TICKS {
+            bump(&tx, 1);
+            assert_eq!(poll_once(&mut heed).await, None);
+        }
+        moved.set(1);
+        bump(&tx, 1);
+        assert_eq!(poll_once(&mut heed).await, None);
+        // Missed ticks count: the task saw one change for seven ticks.
+        bump(&tx, IDLE_TICKS - 1);
+        assert_eq!(poll_once(&mut heed).await, None);
+        bump(&tx, 1);
+        assert_eq!(poll_once(&mut heed).await, Some(End::Timeout));
+    }
+
+    #[tokio::test]
+    async fn closed_ends_and_a_draining_agent_does_not() {
+        let (tx, mut rx) = watch::channel(Pulse::default());
+        let mut heed = Box::pin(heed(&mut rx, || 0));
+        tx.send_modify(|p| p.phase = Phase::Draining);
+        assert_eq!(poll_once(&mut heed).await, None);
+        tx.send_modify(|p| p.phase = Phase::Closed);
+        assert_eq!(poll_once(&mut heed).await, Some(End::Shutdown));
+    }
+
+    #[tokio::test]
+    async fn without_an_agent_nothing_ends_it() {
+        let mut rx = crate::pulse::never();
+        let mut heed = Box::pin(heed(&mut rx, || 0));
+        assert_eq!(poll_once(&mut heed).await, None);
+    }
+}

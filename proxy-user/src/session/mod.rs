@@ -21,7 +21,6 @@ mod refuse;
 use std::{
     future::Future,
     net::SocketAddr,
-    pin::pin,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -36,6 +35,7 @@ use crate::{
     events::{self, FqdnSource, tls_version_name},
     names,
     policy::{Action, Decision, Policy, Query, Reason},
+    pulse::{Phase, Pulse},
     sockopt,
     tls::{
         self, ClientHello, ClientHelloAssembler, Progress, Protocol, ServerHelloAssembler,
@@ -45,7 +45,8 @@ use crate::{
 };
 
 /// The config a connection runs under: a snapshot, so a reload never changes a connection
-/// half-way.
+/// half-way. The one exception is `idle_timeout`, which paces the agent's single idle tick
+/// ([`crate::pulse`]) and so applies to every relayed connection.
 pub struct Live {
     /// The compiled `[policy]`.
     pub policy: Policy,
@@ -64,16 +65,6 @@ pub struct ListenerInfo {
     pub kind: ListenerKind,
 }
 
-/// The agent's lifecycle, as sessions see it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    Running,
-    /// SIGTERM: handshakes stop now, relayed connections get `grace`.
-    Draining {
-        grace: Duration,
-    },
-}
-
 /// Everything a session needs from the agent.
 pub struct Context {
     /// Adopts sockets and splices pairs.
@@ -82,8 +73,9 @@ pub struct Context {
     pub live: Arc<Live>,
     /// The listener that accepted the connection.
     pub listener: Arc<ListenerInfo>,
-    /// Tells handshakes to stop and relayed connections to drain.
-    pub phase: watch::Receiver<Phase>,
+    /// Tells handshakes to stop, and relayed connections when to check idleness and when
+    /// to end.
+    pub pulse: watch::Receiver<Pulse>,
 }
 
 /// Why a connection was not relayed. Each has a reason token for the decision log and a
@@ -182,7 +174,7 @@ pub async fn refuse_over_limit(cx: &Context, stream: TcpStream, peer: SocketAddr
     reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
 )]
 pub fn run(
-    cx: Context,
+    mut cx: Context,
     accepted: Box<(TcpStream, SocketAddr)>,
     conn: u64,
     open: impl Send + 'static,
@@ -197,9 +189,7 @@ pub fn run(
             drop(open);
             return;
         };
-        let stop = pin!(drain(cx.phase.clone()));
-        let idle = Some(cx.live.limits.idle_timeout);
-        let outcome = cx.datapath.splice(client, upstream, idle, stop).await;
+        let outcome = cx.datapath.splice(client, upstream, &mut cx.pulse).await;
         events::close(&events::Close {
             conn,
             bytes_up: outcome.bytes_up.saturating_sub(request_head),
@@ -284,28 +274,6 @@ async fn admit(
     }
 }
 
-/// Resolves once SIGTERM's grace period is over: relayed connections then close. Every
-/// relayed connection holds it, so it is an async block, and it waits with `changed()`,
-/// whose future is smaller than `wait_for()`'s.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
-)]
-fn drain(mut phase: watch::Receiver<Phase>) -> impl Future<Output = End> + Send {
-    async move {
-        while *phase.borrow_and_update() == Phase::Running {
-            if phase.changed().await.is_err() {
-                return std::future::pending().await;
-            }
-        }
-        let p = *phase.borrow();
-        if let Phase::Draining { grace } = p {
-            tokio::time::sleep(grace).await;
-        }
-        End::Shutdown
-    }
-}
-
 /// What the client is told for a refusal.
 fn signal_for(
     refusal: &Refusal,
@@ -357,11 +325,11 @@ impl<'a> Session<'a> {
             tunnel_open: false,
             request_head: 0,
         };
-        let mut phase = cx.phase.clone();
+        let mut pulse = cx.pulse.clone();
         let handshake = tokio::time::timeout(cx.live.limits.handshake_timeout, session.handshake());
         let result = tokio::select! {
             result = handshake => result.unwrap_or(Err(Refusal::Timeout)),
-            _ = phase.wait_for(|p| *p != Phase::Running) => Err(Refusal::Shutdown),
+            _ = pulse.wait_for(|p| p.phase != Phase::Running) => Err(Refusal::Shutdown),
         };
         (result, session)
     }
