@@ -8,7 +8,10 @@ use plotters::{
     style::text_anchor::{HPos, Pos, VPos},
 };
 
-use super::{stats::median, suite::Plan};
+use super::{
+    stats::median,
+    suite::{Only, Plan},
+};
 
 /// What the numbers were measured on: machine, kernel, peers' versions, and the command.
 pub fn machine() -> String {
@@ -176,24 +179,59 @@ pub fn tables(plan: &Plan, names: &[&str], results: &Results) -> String {
     out
 }
 
-/// `--only idle`: the idle figures alone, with the issue's target for sockgate on sockmap.
-pub fn idle(plan: &Plan, names: &[&str], results: &Results) -> String {
+/// `--only`: one measurement's figures alone, with the issue's target for sockgate on
+/// sockmap.
+pub fn only(only: Only, plan: &Plan, names: &[&str], results: &Results) -> String {
+    let (what, header) = match only {
+        Only::Rate => (
+            format!(
+                "{} s of full TLS connections from {} clients",
+                plan.rate_secs, plan.clients
+            ),
+            "TLS conn/s",
+        ),
+        Only::Idle => (format!("{} parked connections", plan.idle), "idle B/conn"),
+    };
     let mut out = format!(
-        "\n{} runs; idle: {} parked connections; medians [min-max].\n\n\
-         | system | idle B/conn |\n|---|---|\n",
-        plan.runs, plan.idle
+        "\n{} runs; {what}; medians [min-max].\n\n| system | {header} |\n|---|---|\n",
+        plan.runs
     );
     for (name, s) in names.iter().zip(&results.systems) {
-        let _ = writeln!(out, "| {name} | {} |", cell(&s.idle_bytes, 0));
+        let figures = match only {
+            Only::Rate => &s.rate,
+            Only::Idle => &s.idle_bytes,
+        };
+        let _ = writeln!(out, "| {name} | {} |", cell(figures, 0));
     }
-    if let Some(i) = names.iter().position(|n| *n == "sockgate-sockmap") {
-        let sg = median(&results.systems[i].idle_bytes);
-        let verdict = if sg <= 2048.0 { "met" } else { "MISSED" };
-        let _ = writeln!(
-            out,
-            "\nsockgate on sockmap, <= 2 KiB userspace per idle connection: {sg:.0} B  {verdict}"
-        );
-    }
+    let get = |name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .map(|i| &results.systems[i])
+    };
+    let (Some(sg), Some(ha)) = (get("sockgate-sockmap"), get("haproxy")) else {
+        return out;
+    };
+    let (target, figure, met) = match only {
+        Only::Rate => {
+            let x = median(&sg.rate) / median(&ha.rate);
+            (
+                "conn rate >= haproxy's",
+                format!("{x:.2}x haproxy's"),
+                x >= 1.0,
+            )
+        }
+        Only::Idle => {
+            let b = median(&sg.idle_bytes);
+            (
+                "<= 2 KiB userspace per idle connection",
+                format!("{b:.0} B"),
+                b <= 2048.0,
+            )
+        }
+    };
+    let verdict = if met { "met" } else { "MISSED" };
+    let _ = writeln!(out, "\nsockgate on sockmap, {target}: {figure}  {verdict}");
     out
 }
 

@@ -1,7 +1,7 @@
-//! `cargo xtask bench [--quick] [--only idle]`: issue 5's suite. Every system (direct,
+//! `cargo xtask bench [--quick] [--only rate|idle]`: issue 5's suite. Every system (direct,
 //! sockgate on each datapath, HAProxy, nginx) gets the same five measurements, one system
 //! after the other within each run, so slow drifts of a shared machine spread over all of
-//! them (`--only idle` runs the last one alone):
+//! them (`--only rate` and `--only idle` run one alone):
 //!
 //! 1. bulk: one connection each way, throughput, whole-machine CPU per GiB, and the peak of
 //!    extra kernel TCP memory;
@@ -71,6 +71,8 @@ pub struct Args {
 /// A measurement that can run alone.
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Only {
+    /// 4. rate: full TLS connections per second.
+    Rate,
     /// 5. idle: the proxy's resident memory per parked connection.
     Idle,
 }
@@ -165,11 +167,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
             let busy = match plan.only {
                 None => busy_tests(&client, run, &plan, r, &check)?,
+                Some(Only::Rate) => rate_test(&client, &plan, r),
                 Some(Only::Idle) => String::new(),
             };
 
             // 5. Idle connections, on a fresh instance so earlier tests' heap is not reused.
-            if system.kind != Kind::Direct {
+            if system.kind != Kind::Direct && plan.only != Some(Only::Rate) {
                 let own = dir.0.join(format!("{}-idle", system.name));
                 let fresh = Running::start(system.name, system.kind, &own, server.addr, &sockgate)?;
                 let per_conn = idle(&fresh, &client, &server, plan.idle, plan.clients)?;
@@ -197,8 +200,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     let names: Vec<&str> = SYSTEMS.iter().map(|s| s.0).collect();
     print!("\n{}", report::machine());
-    if plan.only == Some(Only::Idle) {
-        print!("{}", report::idle(&plan, &names, &results));
+    if let Some(only) = plan.only {
+        print!("{}", report::only(only, &plan, &names, &results));
         print!("\n{checked}");
         println!("bench took {:.0} s", started.elapsed().as_secs_f64());
         return Ok(());
@@ -255,14 +258,10 @@ fn busy_tests(
     r.rtt50.push(percentile(&mut rtts, 0.50));
     r.rtt99.push(percentile(&mut rtts, 0.99));
 
-    // 4. Connection rate.
-    let (rate, failed) = conn_rate(client, plan.rate_secs, plan.clients);
-    r.rate.push(rate);
-    r.rate_failures += failed;
-
+    let rate = rate_test(client, plan, r);
     Ok(format!(
         "up {:>6.2} down {:>6.2} Gbit/s  {:>5.2} cpu-s/GiB  kmem {:>6.1} MiB  par {:>6.2} Gbit/s  \
-         rtt {:>5.1} us  {rate:>6.0} conn/s ({failed} failed)  ",
+         rtt {:>5.1} us  {rate}",
         r.up_gbps[run],
         r.down_gbps[run],
         r.bulk_cpu[run],
@@ -270,6 +269,14 @@ fn busy_tests(
         r.par_gbps[run],
         r.rtt50[run],
     ))
+}
+
+/// 4. Connection rate, into `r`; returns its figure for the run's progress line.
+fn rate_test(client: &Client, plan: &Plan, r: &mut Samples) -> String {
+    let (rate, failed) = conn_rate(client, plan.rate_secs, plan.clients);
+    r.rate.push(rate);
+    r.rate_failures += failed;
+    format!("{rate:>6.0} conn/s ({failed} failed)  ")
 }
 
 fn gbps(bytes: u64, secs: f64) -> f64 {
