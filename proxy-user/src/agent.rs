@@ -90,7 +90,15 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     for listener in &config.listeners {
         start_listener(&agent, listener).await?;
     }
-    let ticker = tokio::spawn(tick(Arc::clone(&agent)));
+    let ticker = {
+        let agent = Arc::clone(&agent);
+        tokio::spawn(async move {
+            pulse::tick(&agent.pulse, &agent.reloaded, || {
+                live_limits(&agent).idle_timeout
+            })
+            .await;
+        })
+    };
     log::info!(
         "sockgate running: {} listeners, {} rules, datapath {} ({mode:?})",
         config.listeners.len(),
@@ -108,28 +116,6 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     shutdown(&agent, grace).await;
     ticker.abort();
     Ok(())
-}
-
-/// Bumps the pulse's tick every `idle_timeout / IDLE_TICKS` of the running config, so one
-/// timer paces the idle checks of every relayed connection. A reload's `idle_timeout`
-/// applies to open connections too; a reload never delays a tick past the new period.
-async fn tick(agent: Arc<Agent>) {
-    let mut last = tokio::time::Instant::now();
-    loop {
-        match pulse::tick_period(live_limits(&agent).idle_timeout) {
-            Some(period) => tokio::select! {
-                _ = tokio::time::sleep_until(last + period) => {
-                    last = tokio::time::Instant::now();
-                    agent.pulse.send_modify(|p| p.tick = p.tick.wrapping_add(1));
-                }
-                _ = agent.reloaded.notified() => {}
-            },
-            None => {
-                agent.reloaded.notified().await;
-                last = tokio::time::Instant::now();
-            }
-        }
-    }
 }
 
 /// SIGUSR1: one `stats` line on the decision log.

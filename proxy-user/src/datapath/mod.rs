@@ -310,13 +310,17 @@ fn heed<'a>(
 ) -> impl Future<Output = End> + 'a {
     async move {
         let (mut last, mut quiet) = (u64::MAX, 0);
-        let mut tick = pulse.borrow_and_update().tick;
+        let first = *pulse.borrow_and_update();
+        let (mut tick, mut epoch) = (first.tick, first.epoch);
         loop {
             let now = *pulse.borrow_and_update();
             if now.phase == Phase::Closed {
                 return End::Shutdown;
             }
-            if now.tick != tick {
+            if now.epoch != epoch {
+                // A reload changed the period: count afresh, in ticks of the new one.
+                (epoch, tick, quiet) = (now.epoch, now.tick, 0);
+            } else if now.tick != tick {
                 // Ticks missed while this task was busy count too.
                 let ticks = now.tick.wrapping_sub(tick);
                 tick = now.tick;
@@ -393,9 +397,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn without_an_agent_nothing_ends_it() {
-        let mut rx = crate::pulse::never();
+    async fn a_new_epoch_restarts_the_count() {
+        let (tx, mut rx) = watch::channel(Pulse::default());
         let mut heed = Box::pin(heed(&mut rx, || 0));
         assert_eq!(poll_once(&mut heed).await, None);
+        // The first tick takes the count, the next ones are quiet.
+        bump(&tx, 1);
+        assert_eq!(poll_once(&mut heed).await, None);
+        bump(&tx, IDLE_TICKS - 1);
+        assert_eq!(poll_once(&mut heed).await, None);
+        tx.send_modify(|p| p.epoch += 1);
+        assert_eq!(poll_once(&mut heed).await, None);
+        bump(&tx, IDLE_TICKS - 1);
+        assert_eq!(poll_once(&mut heed).await, None);
+        bump(&tx, 1);
+        assert_eq!(poll_once(&mut heed).await, Some(End::Timeout));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_agent_nothing_ends_it() {
+        let mut rx = crate::pulse::never();
+        let heed = heed(&mut rx, || 0);
+        let waited = tokio::time::timeout(std::time::Duration::from_secs(3600), heed).await;
+        assert!(waited.is_err(), "ended with {waited:?}");
     }
 }
