@@ -1,6 +1,7 @@
 //! `sockgate run`'s lifecycle: SIGHUP reloads (an invalid config is refused with one error
 //! line and the old policy stays; a relayed transfer goes on untouched), SIGTERM drains for
-//! `shutdown_grace` and exits 0. Each test runs in its own network namespace.
+//! `shutdown_grace` and exits 0, SIGINT closes at once. Each test runs in its own network
+//! namespace.
 
 use std::{
     io::{ErrorKind, Read, Write},
@@ -233,6 +234,41 @@ fn sigterm_drains_then_exits_zero() {
     });
     assert_eq!(close["end"], "shutdown", "{close}");
     assert_eq!(close["datapath"], "sockmap", "{close}");
+}
+
+/// SIGINT: no grace, whatever `shutdown_grace` says: an open tunnel is closed at once
+/// (logged `shutdown`), and the process exits 0.
+#[test]
+fn sigint_closes_open_tunnels_without_grace() {
+    let _ns = NetNs::enter_new();
+    banner_server(TcpListener::bind("127.0.0.1:2525").unwrap(), b"hi\r\n");
+    let mut agent = Agent::start(&config("allow", "30s"));
+    let (mut tunnel, status) = connect_tunnel(proxy(), "allowed.test:2525");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    tunnel.set_read_timeout(Some(WAIT)).unwrap();
+    let mut banner = [0u8; 4];
+    tunnel.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"hi\r\n");
+
+    let int = Instant::now();
+    agent.signal(libc::SIGINT);
+    let status = agent.expect_exit(WAIT);
+    assert!(status.success(), "sockgate exited with {status}");
+    // Well inside the 30 s grace SIGTERM would have given.
+    assert!(
+        int.elapsed() < Duration::from_secs(10),
+        "exit after {:?}",
+        int.elapsed()
+    );
+    let mut rest = Vec::new();
+    match tunnel.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+    }
+    let close = agent.wait_event("the tunnel's close", |e| {
+        e["event"] == "close" && e["conn"] == 1
+    });
+    assert_eq!(close["end"], "shutdown", "{close}");
 }
 
 /// SIGTERM with nothing open: exit 0 at once.
