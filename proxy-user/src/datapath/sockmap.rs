@@ -169,7 +169,8 @@ fn direction<'a>(
                 }
                 // FIN is not redirected. Shutting the peer down before its send queue has
                 // taken every redirected byte would drop them. Boxed: rare, as above.
-                if let Err(end) = Box::pin(drained(kernel, src, dst.stream(), written)).await {
+                let target = written + kernel.counters(src.cookie()).redirected;
+                if let Err(end) = Box::pin(drained(src, dst.stream(), target)).await {
                     break end;
                 }
                 break match sockopt::shutdown_write(dst.stream()) {
@@ -187,7 +188,8 @@ fn direction<'a>(
             // Redirected skbs may still wait in the peer's psock queue; ours must not
             // overtake them. Boxed: passed bytes are rare once the handoff is done.
             if counters.redirected > 0
-                && let Err(end) = Box::pin(drained(kernel, src, dst.stream(), written)).await
+                && let Err(end) =
+                    Box::pin(drained(src, dst.stream(), written + counters.redirected)).await
             {
                 break end;
             }
@@ -273,7 +275,7 @@ async fn catch_up(
             break None;
         }
         if counters.redirected > 0 {
-            drained(kernel, src, dst.stream(), *written).await?;
+            drained(src, dst.stream(), *written + counters.redirected).await?;
         }
         write_all(dst.stream(), &buf[sent as usize..peeked as usize])
             .await
@@ -365,21 +367,17 @@ fn hand_off(
 /// usually empties the psock queue within microseconds, and a timer sleeps a millisecond.
 const SPINS: u32 = 64;
 
-/// Waits until `dst`'s send queue has taken everything meant for it: `written` (see
-/// [`direction`]) plus what the verdict redirected from `src`. Bytes ever queued for
-/// sending are `bytes_acked + SIOCOUTQ`; an ACK between the two reads can only make the
-/// sum short, so this waits rather than finish early.
-async fn drained(
-    kernel: &Kernel,
-    src: &Endpoint,
-    dst: &tokio::net::TcpStream,
-    written: u64,
-) -> Result<(), End> {
+/// Waits until `dst`'s send queue has taken `target` bytes: `written` (see [`direction`])
+/// plus what the verdict redirected from `src`. The callers read `redirected` once: it
+/// cannot grow while `src` holds passed bytes userspace has not relayed (the verdict
+/// redirects only once `go` has caught up with `passed`), nor after its EOF. Bytes ever
+/// queued for sending are `bytes_acked + SIOCOUTQ`; an ACK between the two reads can only
+/// make the sum short, so this waits rather than finish early.
+async fn drained(src: &Endpoint, dst: &tokio::net::TcpStream, target: u64) -> Result<(), End> {
     let mut delay = Duration::from_micros(50);
     let mut idle_since = None;
     let mut spins = 0;
     loop {
-        let target = written + kernel.counters(src.cookie()).redirected;
         let info = sockopt::tcp_info(dst).map_err(|e| End::from_io(&e))?;
         let queued = sockopt::send_queue(dst).map_err(|e| End::from_io(&e))?;
         if info.bytes_acked + queued >= target {
