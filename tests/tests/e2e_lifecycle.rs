@@ -181,19 +181,42 @@ fn sighup_during_1gib_transfer() {
     assert_eq!(c["bytes_down"].as_u64().unwrap(), GIB, "{c}");
 }
 
-/// SIGTERM: the listener closes, an open tunnel keeps working through the grace period
-/// and is closed at its end (logged `shutdown`), and the process exits 0.
-#[test]
-fn sigterm_drains_then_exits_zero() {
-    let _ns = NetNs::enter_new();
+/// An agent whose SIGTERM grace is `grace`, and an open CONNECT tunnel through it to the
+/// banner server, banner read. The caller has entered a fresh namespace.
+fn open_tunnel(grace: &str) -> (Agent, TcpStream) {
     banner_server(TcpListener::bind("127.0.0.1:2525").unwrap(), b"hi\r\n");
-    let mut agent = Agent::start(&config("allow", "2s"));
+    let agent = Agent::start(&config("allow", grace));
     let (mut tunnel, status) = connect_tunnel(proxy(), "allowed.test:2525");
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     tunnel.set_read_timeout(Some(WAIT)).unwrap();
     let mut banner = [0u8; 4];
     tunnel.read_exact(&mut banner).unwrap();
     assert_eq!(&banner, b"hi\r\n");
+    (agent, tunnel)
+}
+
+/// The tunnel (conn 1) ends with EOF or a reset, and its close line says `shutdown`;
+/// returns that line.
+fn closed_by_shutdown(agent: &Agent, tunnel: &mut TcpStream) -> serde_json::Value {
+    let mut rest = Vec::new();
+    match tunnel.read_to_end(&mut rest) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
+    }
+    let _ = tunnel.shutdown(Shutdown::Both);
+    let close = agent.wait_event("the tunnel's close", |e| {
+        e["event"] == "close" && e["conn"] == 1
+    });
+    assert_eq!(close["end"], "shutdown", "{close}");
+    close
+}
+
+/// SIGTERM: the listener closes, an open tunnel keeps working through the grace period
+/// and is closed at its end (logged `shutdown`), and the process exits 0.
+#[test]
+fn sigterm_drains_then_exits_zero() {
+    let _ns = NetNs::enter_new();
+    let (mut agent, mut tunnel) = open_tunnel("2s");
     let decision = agent.wait_event("the tunnel's decision", |e| e["event"] == "decision");
     assert_eq!(decision["conn"], 1);
     assert_eq!(decision["action"], "allow", "{decision}");
@@ -223,16 +246,7 @@ fn sigterm_drains_then_exits_zero() {
     let status = agent.expect_exit(Duration::from_secs(2) + WAIT);
     assert!(status.success(), "sockgate exited with {status}");
     // The tunnel was closed at the end of the grace period.
-    let mut rest = Vec::new();
-    match tunnel.read_to_end(&mut rest) {
-        Ok(_) => {}
-        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
-    }
-    let _ = tunnel.shutdown(Shutdown::Both);
-    let close = agent.wait_event("the tunnel's close", |e| {
-        e["event"] == "close" && e["conn"] == 1
-    });
-    assert_eq!(close["end"], "shutdown", "{close}");
+    let close = closed_by_shutdown(&agent, &mut tunnel);
     assert_eq!(close["datapath"], "sockmap", "{close}");
 }
 
@@ -241,15 +255,7 @@ fn sigterm_drains_then_exits_zero() {
 #[test]
 fn sigint_closes_open_tunnels_without_grace() {
     let _ns = NetNs::enter_new();
-    banner_server(TcpListener::bind("127.0.0.1:2525").unwrap(), b"hi\r\n");
-    let mut agent = Agent::start(&config("allow", "30s"));
-    let (mut tunnel, status) = connect_tunnel(proxy(), "allowed.test:2525");
-    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-    tunnel.set_read_timeout(Some(WAIT)).unwrap();
-    let mut banner = [0u8; 4];
-    tunnel.read_exact(&mut banner).unwrap();
-    assert_eq!(&banner, b"hi\r\n");
-
+    let (mut agent, mut tunnel) = open_tunnel("30s");
     let int = Instant::now();
     agent.signal(libc::SIGINT);
     let status = agent.expect_exit(WAIT);
@@ -260,15 +266,7 @@ fn sigint_closes_open_tunnels_without_grace() {
         "exit after {:?}",
         int.elapsed()
     );
-    let mut rest = Vec::new();
-    match tunnel.read_to_end(&mut rest) {
-        Ok(_) => {}
-        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "{e}"),
-    }
-    let close = agent.wait_event("the tunnel's close", |e| {
-        e["event"] == "close" && e["conn"] == 1
-    });
-    assert_eq!(close["end"], "shutdown", "{close}");
+    closed_by_shutdown(&agent, &mut tunnel);
 }
 
 /// SIGTERM with nothing open: exit 0 at once.
