@@ -24,7 +24,7 @@ use tokio::{
 };
 
 use crate::{
-    config::{self, Config, ListenerConfig, ListenerKind},
+    config::{Config, ListenerConfig, ListenerKind},
     datapath::{DEFAULT_SEND_BUFFER, Datapath},
     events,
     policy::Policy,
@@ -94,7 +94,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         let agent = Arc::clone(&agent);
         tokio::spawn(async move {
             pulse::tick(&agent.pulse, &agent.reloaded, || {
-                live_limits(&agent).idle_timeout
+                snapshot(&agent).limits.idle_timeout
             })
             .await;
         })
@@ -109,7 +109,7 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         tokio::select! {
             _ = hup.recv() => reload(&agent, &path).await,
             _ = usr1.recv() => stats(&agent),
-            _ = term.recv() => break live_limits(&agent).shutdown_grace,
+            _ = term.recv() => break snapshot(&agent).limits.shutdown_grace,
             _ = int.recv() => break Duration::ZERO,
         }
     };
@@ -135,10 +135,6 @@ fn stats(agent: &Agent) {
         rss_kib,
         maps: agent.datapath.kernel().map(|k| k.map_counts()),
     });
-}
-
-fn live_limits(agent: &Agent) -> config::Limits {
-    snapshot(agent).limits.clone()
 }
 
 fn snapshot(agent: &Agent) -> Arc<Live> {
