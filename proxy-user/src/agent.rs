@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::Context as _;
 use tokio::{
-    net::{TcpListener, TcpSocket},
+    net::{TcpListener, TcpSocket, TcpStream},
     signal::unix::{SignalKind, signal},
     sync::{Notify, watch},
     task::JoinHandle,
@@ -25,11 +25,11 @@ use tokio::{
 
 use crate::{
     config::{Config, ListenerConfig, ListenerKind},
-    datapath::{DEFAULT_SEND_BUFFER, Datapath},
+    datapath::{DEFAULT_SEND_BUFFER, Datapath, End},
     events,
     policy::Policy,
     pulse::{self, Phase, Pulse},
-    session::{self, Context, ListenerInfo, Live},
+    session::{self, Context, Ending, ListenerInfo, Live, Refusal},
     sockopt,
     upstream::Resolver,
 };
@@ -299,12 +299,31 @@ async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, info: Arc<Listene
                 "conn {conn}: over max_connections ({}); reset",
                 live.limits.max_connections
             );
-            session::refuse_over_limit(&cx, stream, peer, conn).await;
+            refuse_over_limit(&info, stream, peer, conn);
             drop(guard);
             continue;
         }
         tokio::spawn(session::run(cx, Box::new((stream, peer)), conn, guard));
     }
+}
+
+/// Refuses a connection over `max_connections` at once, with a reset and its two log lines.
+fn refuse_over_limit(listener: &ListenerInfo, stream: TcpStream, peer: SocketAddr, conn: u64) {
+    events::decision(&events::Decision {
+        reason: Refusal::from(Ending::OverLimit).to_string(),
+        ..events::Decision::new(conn, &listener.name, peer)
+    });
+    let _ = sockopt::set_linger_zero(&stream);
+    drop(stream);
+    events::close(&events::Close {
+        conn,
+        bytes_up: 0,
+        bytes_down: 0,
+        duration_ms: 0,
+        datapath: None,
+        end: End::Rst,
+        repeats_cut: 0,
+    });
 }
 
 /// The listener table holds no invariant a panic could break.

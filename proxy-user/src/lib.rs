@@ -9,7 +9,7 @@
 //! - [`agent`]: `sockgate run`: listeners, reload and shutdown.
 //! - [`session`]: one connection's flow, from accept to close.
 //! - [`pulse`]: the lifecycle phase and idle tick the agent sends every session.
-//! - [`connect`]: the CONNECT request parser.
+//! - [`connect_request`]: the CONNECT request parser.
 //! - [`upstream`]: resolving and connecting to servers.
 //! - [`events`]: the JSON decision log.
 //! - [`ebpf`]: loading the kernel program, its maps and the aya-log reader.
@@ -20,7 +20,7 @@
 pub mod agent;
 pub mod cli;
 pub mod config;
-pub mod connect;
+pub mod connect_request;
 pub mod datapath;
 pub mod ebpf;
 pub mod events;

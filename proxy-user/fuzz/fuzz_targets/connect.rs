@@ -10,7 +10,7 @@ mod chunks;
 use std::net::Ipv6Addr;
 
 use libfuzzer_sys::fuzz_target;
-use proxy_user::connect::{MAX_REQUEST, Reject, Request, parse};
+use proxy_user::connect_request::{MAX_REQUEST, Reject, Request, parse};
 
 /// Where the first empty line ends, found the slow, obvious way.
 fn first_blank_line(stream: &[u8]) -> Option<usize> {

@@ -2,7 +2,11 @@
 
 use tokio::io::AsyncWriteExt as _;
 
-use crate::{datapath::Endpoint, sockopt};
+use super::refusal::{ClientFault, Ending, Refusal, UpstreamFault};
+use crate::{
+    config::DenyWith, datapath::End, datapath::Endpoint, policy::Reason, sockopt,
+    upstream::UpstreamError,
+};
 
 /// TLS alert descriptions (RFC 8446 6).
 pub const ACCESS_DENIED: u8 = 49;
@@ -17,6 +21,53 @@ pub enum Signal {
     Alert(u8),
     /// An HTTP status with a one-line reason, then FIN (CONNECT before the tunnel opened).
     Http(u16, &'static str),
+}
+
+/// What the client still understands when it is refused, which depends on how far the
+/// handshake got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Channel {
+    /// A CONNECT client waiting for the answer to its request: it reads HTTP.
+    Http,
+    /// The client's own protocol runs on the connection; `tls` if it sent a ClientHello.
+    Stream { tls: bool },
+}
+
+/// The signal for `refusal` on `channel`. `named` says whether the connection had a name
+/// when it was refused; `deny_with` is the policy's choice for denied TLS connections.
+pub fn signal_for(refusal: &Refusal, channel: Channel, named: bool, deny_with: DenyWith) -> Signal {
+    match (channel, refusal) {
+        (Channel::Http, Refusal::Policy(_)) => Signal::Http(403, "Forbidden"),
+        (Channel::Http, Refusal::Client(ClientFault::BadRequest(reject))) => {
+            let (status, text) = reject.status();
+            Signal::Http(status, text)
+        }
+        (Channel::Http, Refusal::Upstream(UpstreamFault::Unreachable(UpstreamError::Timeout))) => {
+            Signal::Http(504, "Gateway Timeout")
+        }
+        (Channel::Http, Refusal::Upstream(_)) => Signal::Http(502, "Bad Gateway"),
+        (Channel::Stream { tls: true }, _)
+            if refusal.is_denial() && deny_with == DenyWith::Alert =>
+        {
+            let fitting = named && !matches!(refusal, Refusal::Policy(Reason::InvalidName(_)));
+            Signal::Alert(if fitting {
+                ACCESS_DENIED
+            } else {
+                UNRECOGNIZED_NAME
+            })
+        }
+        _ => Signal::Reset,
+    }
+}
+
+/// The close line's `end` for a refusal told with `signal`.
+pub fn end_of(refusal: &Refusal, signal: Signal) -> End {
+    match refusal {
+        Refusal::Sockgate(Ending::Timeout) => End::Timeout,
+        Refusal::Sockgate(Ending::Shutdown) => End::Shutdown,
+        _ if signal == Signal::Reset => End::Rst,
+        _ => End::Fin,
+    }
 }
 
 /// Sends `signal` and closes the client socket; returns the bytes written to it in all.

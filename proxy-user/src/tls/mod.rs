@@ -22,4 +22,4 @@ pub use client_hello::{
     ClientHello, ClientHelloAssembler, DEFAULT_MAX_CLIENT_HELLO, FirstBytes, Progress,
 };
 pub use error::Malformed;
-pub use server_hello::{HRR_RANDOM, ServerHelloAssembler, ServerProgress};
+pub use server_hello::{HRR_RANDOM, MAX_SERVER_HELLO, ServerHelloAssembler, ServerProgress};

@@ -8,7 +8,7 @@ use super::Malformed;
 /// Bytes in a record header: content type, version, length.
 pub(crate) const HEADER_LEN: usize = 5;
 /// The largest plaintext fragment (RFC 8446 5.1).
-const MAX_FRAGMENT: u16 = 1 << 14;
+pub(crate) const MAX_FRAGMENT: u16 = 1 << 14;
 
 /// ContentType values (RFC 8446 B.1).
 pub(crate) const CHANGE_CIPHER_SPEC: u8 = 0x14;

@@ -8,7 +8,7 @@ use tls_parser::TlsExtension;
 
 use super::Malformed;
 use super::message::{FirstMessage, Gathered};
-use super::record::{ALERT, HANDSHAKE};
+use super::record::{ALERT, HANDSHAKE, HEADER_LEN, MAX_FRAGMENT};
 
 /// The ServerHello random that marks a HelloRetryRequest: SHA-256("HelloRetryRequest")
 /// (RFC 8446 4.1.3).
@@ -16,6 +16,15 @@ pub const HRR_RANDOM: [u8; 32] = [
     0xcf, 0x21, 0xad, 0x74, 0xe5, 0x9a, 0x61, 0x11, 0xbe, 0x1d, 0x8c, 0x02, 0x1e, 0x65, 0xb8, 0x91,
     0xc2, 0xa2, 0x11, 0x16, 0x7a, 0xbb, 0x8c, 0x5e, 0x07, 0x9e, 0x09, 0xe2, 0xc8, 0xa8, 0x33, 0x9c,
 ];
+
+/// The most raw bytes the server's first flight may take before its hello is whole: the
+/// largest ServerHello RFC 8446 4.1.3 allows (a 4-byte header; a body of version, random,
+/// session id, cipher suite, compression and at most 65,535 bytes of extensions), the headers
+/// of the five records that can carry it, and the rest of its last record, which may hold
+/// later messages (TLS 1.2's Certificate). It is a protocol bound, not the client's
+/// `max_client_hello`: a server cannot be told to send less.
+pub const MAX_SERVER_HELLO: usize =
+    4 + (2 + 32 + 33 + 2 + 1 + 2 + 65_535) + 5 * HEADER_LEN + MAX_FRAGMENT as usize;
 
 /// The handshake type of a ServerHello (and of a HelloRetryRequest).
 const SERVER_HELLO: u8 = 2;
