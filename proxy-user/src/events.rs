@@ -136,26 +136,8 @@ pub fn stats(s: &Stats) {
 
 /// RFC 3339 in UTC with milliseconds, e.g. `2026-11-28T09:41:07.123Z`.
 pub fn timestamp(t: SystemTime) -> String {
-    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    // humantime panics before the epoch; a clock set that far back logs the epoch instead.
+    humantime::format_rfc3339_millis(t.max(UNIX_EPOCH)).to_string()
 }
 
 /// "1.3" for 0x0304 and so on.
@@ -179,8 +161,12 @@ mod tests {
     fn timestamps() {
         let t = UNIX_EPOCH + Duration::from_millis(1_795_859_467_123);
         assert_eq!(timestamp(t), "2026-11-28T09:51:07.123Z");
+        let t = UNIX_EPOCH + Duration::from_millis(1_795_859_241_031);
+        assert_eq!(timestamp(t), "2026-11-28T09:47:21.031Z");
         assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(timestamp(leap), "2000-02-29T00:00:00.000Z");
+        let before = UNIX_EPOCH - Duration::from_secs(1);
+        assert_eq!(timestamp(before), "1970-01-01T00:00:00.000Z");
     }
 }

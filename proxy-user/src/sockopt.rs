@@ -47,7 +47,8 @@ pub fn cookie(fd: &impl AsRawFd) -> io::Result<u64> {
 }
 
 /// Makes the kernel run the verdict on data queued before the socket entered the map
-/// (DESIGN.md, "the kick"): setting SO_RCVLOWAT calls the socket's data-ready callback.
+/// (ARCHITECTURE.md, "The handoff: go and passed"): setting SO_RCVLOWAT calls the socket's
+/// data-ready callback.
 pub fn kick(fd: &impl AsRawFd) -> io::Result<()> {
     setsockopt::<libc::c_int>(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, 1)
 }

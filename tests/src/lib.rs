@@ -6,11 +6,14 @@
 //! message when something they need is missing: a skipped test is never a pass.
 
 pub mod agent;
+pub mod events;
 pub mod held;
 pub mod netns;
 pub mod peers;
+pub mod process;
 pub mod programs;
 pub mod relay;
+pub mod tempdir;
 pub mod verify;
 
 /// A fast, seeded pseudo-random byte stream (xorshift64*), so failures reproduce.

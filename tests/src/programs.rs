@@ -14,7 +14,8 @@ use std::{
     time::Duration,
 };
 
-use crate::agent::{Proc, TempDir, WAIT, run};
+use crate::process::{Proc, WAIT, run};
+use crate::tempdir::TempDir;
 
 /// Loads nftables `rules` into the current network namespace (through a file in `dir`),
 /// failing the test if nft refuses them; returns nothing else worth having.

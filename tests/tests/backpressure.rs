@@ -1,8 +1,8 @@
 //! Bounded kernel memory: a spliced connection whose receivers read 1 MB/s. Redirected
 //! bytes wait in a psock queue that TCP does not account for, so without the verdict's
 //! bound (it redirects only what fits the peer's send buffer, datapath::sockmap) the kernel
-//! queued most of a transfer (DESIGN.md); with it, each direction holds at most its socket
-//! buffers.
+//! queued most of a transfer (ARCHITECTURE.md, "The backpressure bound"); with it, each
+//! direction holds at most its socket buffers.
 //!
 //! Its own test binary: it takes four and a half minutes, and runs alone.
 

@@ -120,7 +120,7 @@ fn byte_exact_copy() {
 }
 
 /// One side half-closes first; the other then sends 8 MiB and closes. The FIN must wait
-/// for the redirected bytes, or most of them are lost (DESIGN.md).
+/// for the redirected bytes, or most of them are lost (ARCHITECTURE.md, "FIN draining").
 fn half_close(path: Path, client_first: bool) {
     let _ns = NetNs::enter_new();
     let (listener, addr) = listen();
