@@ -29,32 +29,21 @@ use refuse::{ACCESS_DENIED, Signal, UNRECOGNIZED_NAME, refuse};
 use tokio::{net::TcpStream, sync::watch};
 
 use crate::{
-    config::{DenyWith, Limits, ListenerKind},
+    config::{DenyWith, ListenerKind},
     connect::{self, Request},
     datapath::{Datapath, End, Endpoint},
     events::{self, FqdnSource, tls_version_name},
     names,
-    policy::{Action, Decision, Policy, Query, Reason},
+    policy::{Action, Decision, Query, Reason},
     pulse::{Phase, Pulse},
+    snapshot::Snapshot,
     sockopt,
     tls::{
         self, ClientHello, ClientHelloAssembler, Progress, Protocol, ServerHelloAssembler,
         ServerProgress,
     },
-    upstream::{self, Resolver, UpstreamError},
+    upstream::{self, UpstreamError},
 };
-
-/// The config a connection runs under: a snapshot, so a reload never changes a connection
-/// half-way. The one exception is `idle_timeout`, which paces the agent's single idle tick
-/// ([`crate::pulse`]) and so applies to every relayed connection.
-pub struct Live {
-    /// The compiled `[policy]`.
-    pub policy: Policy,
-    /// `[limits]`: timeouts and caps.
-    pub limits: Limits,
-    /// `[resolver]`: hosts overrides, then the system resolver.
-    pub resolver: Resolver,
-}
 
 /// One listener's identity and mode.
 #[derive(Debug)]
@@ -70,7 +59,7 @@ pub struct Context {
     /// Adopts sockets and splices pairs.
     pub datapath: Arc<Datapath>,
     /// The config snapshot taken at accept.
-    pub live: Arc<Live>,
+    pub live: Arc<Snapshot>,
     /// The listener that accepted the connection.
     pub listener: Arc<ListenerInfo>,
     /// Tells handshakes to stop, and relayed connections when to check idleness and when
