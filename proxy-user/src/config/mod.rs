@@ -3,8 +3,8 @@
 //!
 //! TOML because operators comment their policies. Unknown keys are errors, so a typo does
 //! not silently fall back to a default. The rules are kept as written: the policy checks
-//! them while it compiles them, so each rule is checked once ([`crate::snapshot`] runs
-//! both). This module depends on neither.
+//! them while it compiles them, so each rule is checked once. The policy depends on this
+//! module, never the reverse; neither does this module read the datapath.
 
 mod datapath;
 pub mod duration;
