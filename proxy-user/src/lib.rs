@@ -1,9 +1,10 @@
 //! sockgate: an FQDN-filtering forward proxy whose data plane is an in-kernel splice.
 //!
 //! Layout, one concept per module:
-//! - [`config`]: the TOML config, its defaults and validation.
+//! - [`config`]: the TOML config, its defaults and validation (the rules aside).
 //! - [`names`]: FQDN normalisation and validation.
-//! - [`policy`]: the compiled FQDN policy and its decisions.
+//! - [`policy`]: the compiled FQDN policy (which checks the rules) and its decisions.
+//! - [`snapshot`]: one config load: config, compiled policy, limits and resolver.
 //! - [`tls`]: the incremental ClientHello assembler and first-bytes classifier.
 //! - [`cli`]: the subcommands (`run`, `check`, `decide`, `relay`).
 //! - [`agent`]: `sockgate run`: listeners, reload and shutdown.
@@ -30,6 +31,7 @@ pub mod policy;
 pub mod pulse;
 pub mod relay;
 pub mod session;
+pub mod snapshot;
 pub mod sockopt;
 pub mod tls;
 pub mod upstream;

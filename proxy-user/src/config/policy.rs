@@ -1,11 +1,50 @@
-//! The `[policy]` table. Rule fields are kept as written (strings and integers) so that
-//! `validate()` can name the rule and the field in its errors; [`crate::policy::Rule`]
-//! checks them.
+//! The `[policy]` table. Rule fields are kept as written (strings and integers): the
+//! policy checks them as it compiles them, naming the rule and the field in its errors.
+
+use std::fmt;
+use std::str::FromStr;
 
 use serde::Deserialize;
 
 use super::rules::RuleList;
-use crate::policy::Action;
+
+/// What to do with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Connect to the server and relay.
+    Allow,
+    /// Refuse the connection.
+    Deny,
+}
+
+impl Action {
+    /// The config and JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "allow" => Ok(Action::Allow),
+            "deny" => Ok(Action::Deny),
+            _ => Err(()),
+        }
+    }
+}
 
 /// `[policy]`: the default, and the rules in file order.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

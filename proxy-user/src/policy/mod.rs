@@ -19,7 +19,6 @@ mod trie;
 
 use std::fmt;
 use std::net::IpAddr;
-use std::str::FromStr;
 
 pub use cidr::{Cidr, CidrError};
 use guard::Guard;
@@ -27,47 +26,10 @@ pub use pattern::{Pattern, PatternError};
 pub use rule::{Conditions, PolicyError, Rule, RuleProblem, RuleRef};
 use trie::{Candidate, MAX_RULES, NameTrie, Slot};
 
+pub use crate::config::Action;
 use crate::config::{DenyWith, PolicyConfig};
 use crate::names::{self, NameError, Normal};
 use crate::tls::Protocol;
-
-/// What to do with a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Connect to the server and relay.
-    Allow,
-    /// Refuse the connection.
-    Deny,
-}
-
-impl Action {
-    /// The config and JSON spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Allow => "allow",
-            Action::Deny => "deny",
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Action {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "allow" => Ok(Action::Allow),
-            "deny" => Ok(Action::Deny),
-            _ => Err(()),
-        }
-    }
-}
 
 /// What is known about a connection when it is decided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,7 +107,7 @@ impl RuleName<'_> {
 
 impl fmt::Display for RuleName<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.policy.rules[self.index()].name(&self.policy.names) {
+        match self.policy.rule_names[self.index()].get(&self.policy.long_names) {
             "" => write!(f, "#{}", self.index + 1),
             name => f.write_str(name),
         }
@@ -208,50 +170,50 @@ impl serde::Serialize for Fqdn<'_> {
     }
 }
 
-/// A compiled rule's name, in one aligned 16-byte record: short names (most of them) sit
-/// inside it, longer ones in `Policy::names`. Deciding does not read it; displaying a
+/// A rule's name, packed in one aligned 16-byte record: short names (most of them) sit
+/// inside it, longer ones in `Policy::long_names`. Deciding does not read it; displaying a
 /// decision's rule does.
 #[derive(Debug, Clone, Copy)]
 #[repr(C, align(16))]
-struct Compiled {
+struct PackedName {
     /// The name's length if it is inline (at most `INLINE_NAME`), else `LONG_NAME`.
     name_len: u8,
-    /// The name's bytes if inline; else its start and length in `Policy::names`, as two
-    /// little-endian u32s.
+    /// The name's bytes if inline; else its start and length in `Policy::long_names`, as
+    /// two little-endian u32s.
     name: [u8; INLINE_NAME],
 }
 
 /// The longest rule name kept inside its record.
 const INLINE_NAME: usize = 15;
-/// `Compiled::name_len` of a name kept in `Policy::names`.
+/// `PackedName::name_len` of a name kept in `Policy::long_names`.
 const LONG_NAME: u8 = u8::MAX;
 
-impl Compiled {
-    fn new(name: &str, names: &mut String) -> Compiled {
-        let mut rule = Compiled {
+impl PackedName {
+    fn new(name: &str, long_names: &mut String) -> PackedName {
+        let mut packed = PackedName {
             name_len: LONG_NAME,
             name: [0; INLINE_NAME],
         };
         if name.len() <= INLINE_NAME {
-            rule.name[..name.len()].copy_from_slice(name.as_bytes());
-            rule.name_len = name.len() as u8;
+            packed.name[..name.len()].copy_from_slice(name.as_bytes());
+            packed.name_len = name.len() as u8;
         } else {
-            let start = u32::try_from(names.len()).expect("rule names below 4 GiB");
+            let start = u32::try_from(long_names.len()).expect("rule names below 4 GiB");
             let len = u32::try_from(name.len()).expect("rule names below 4 GiB");
-            names.push_str(name);
-            rule.name[..4].copy_from_slice(&start.to_le_bytes());
-            rule.name[4..8].copy_from_slice(&len.to_le_bytes());
+            long_names.push_str(name);
+            packed.name[..4].copy_from_slice(&start.to_le_bytes());
+            packed.name[4..8].copy_from_slice(&len.to_le_bytes());
         }
-        rule
+        packed
     }
 
     /// The name, empty for an unnamed rule.
-    fn name<'a>(&'a self, names: &'a str) -> &'a str {
+    fn get<'a>(&'a self, long_names: &'a str) -> &'a str {
         if self.name_len == LONG_NAME {
             let word = |i: usize| {
                 u32::from_le_bytes(self.name[i..i + 4].try_into().expect("4 bytes")) as usize
             };
-            &names[word(0)..word(0) + word(4)]
+            &long_names[word(0)..word(0) + word(4)]
         } else {
             std::str::from_utf8(&self.name[..usize::from(self.name_len)])
                 .expect("a whole name was copied in")
@@ -268,13 +230,13 @@ pub struct Policy {
     /// How a denied TLS connection is refused.
     deny_with: DenyWith,
     /// Every rule's name, in file order.
-    rules: Vec<Compiled>,
+    rule_names: Vec<PackedName>,
     /// The guards of the rules with conditions, in file order.
     guards: Vec<Guard>,
     /// Conditions too big for their guard.
     apart: Vec<Conditions>,
     /// Rule names longer than `INLINE_NAME`, back to back.
-    names: String,
+    long_names: String,
     /// Rules with patterns, by name.
     trie: NameTrie,
     /// Rules without an `fqdn` field, which match any name and no name.
@@ -287,7 +249,7 @@ impl fmt::Debug for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Policy")
             .field("default", &self.default)
-            .field("rules", &self.rules.len())
+            .field("rules", &self.rule_names.len())
             .field("trie_nodes", &self.trie.node_count())
             .finish_non_exhaustive()
     }
@@ -296,17 +258,16 @@ impl fmt::Debug for Policy {
 impl Policy {
     /// Checks every rule and builds the index. The rules are checked one at a time and not
     /// kept, so compiling a large policy needs little memory beyond the result.
-    ///
     pub fn compile(config: &PolicyConfig) -> Result<Policy, PolicyError> {
         check_names(config)?;
         let mut policy = Policy {
             default: config.default,
             no_sni: config.no_sni,
             deny_with: config.deny_with,
-            rules: Vec::with_capacity(config.rules.len()),
+            rule_names: Vec::with_capacity(config.rules.len()),
             guards: Vec::new(),
             apart: Vec::new(),
-            names: String::new(),
+            long_names: String::new(),
             // Most rules add one node: sizing for them up front saves growing the table.
             trie: NameTrie::with_capacity(config.rules.len()),
             any_name: Vec::new(),
@@ -351,9 +312,9 @@ impl Policy {
             if rule.patterns.is_none() {
                 policy.any_name.push(candidate);
             }
-            policy.rules.push(Compiled::new(
+            policy.rule_names.push(PackedName::new(
                 rule_config.name.unwrap_or_default(),
-                &mut policy.names,
+                &mut policy.long_names,
             ));
             match rule.action {
                 Action::Allow => policy.counts.0 += 1,
@@ -361,8 +322,8 @@ impl Policy {
             }
         }
         policy.trie.shrink_to_fit();
-        policy.names.shrink_to_fit();
-        policy.rules = huge_pages::copy(&policy.rules);
+        policy.long_names.shrink_to_fit();
+        policy.rule_names = huge_pages::copy(&policy.rule_names);
         policy.guards = huge_pages::copy(&policy.guards);
         Ok(policy)
     }
@@ -414,7 +375,7 @@ impl Policy {
 
     /// The number of rules.
     pub fn rule_count(&self) -> usize {
-        self.rules.len()
+        self.rule_names.len()
     }
 
     /// How many rules allow and how many deny.
@@ -490,15 +451,6 @@ impl Policy {
             }
         }
     }
-}
-
-/// Checks every rule without building the index (what `sockgate check` needs).
-pub fn validate(config: &PolicyConfig) -> Result<(), PolicyError> {
-    check_names(config)?;
-    for (index, rule) in config.rules.iter().enumerate() {
-        Rule::parse(index, rule)?;
-    }
-    Ok(())
 }
 
 /// Refuses two rules with the same name. Sorting borrowed names needs one allocation,

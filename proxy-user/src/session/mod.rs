@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use context::{Context, ListenerInfo, Live};
+pub use context::{Context, ListenerInfo};
 use handshake::{Refused, Relayable};
 pub use refusal::{ClientFault, Ending, Refusal, UpstreamFault};
 use tokio::net::TcpStream;
