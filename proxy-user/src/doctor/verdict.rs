@@ -98,6 +98,18 @@ fn one_line(text: &str) -> String {
     }
 }
 
+/// Open descriptors of BPF programs, maps and links.
+fn bpf_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| {
+        dir.filter_map(Result::ok)
+            .filter(|e| {
+                std::fs::read_link(e.path())
+                    .is_ok_and(|t| t.to_string_lossy().starts_with("anon_inode:bpf"))
+            })
+            .count()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -117,16 +129,4 @@ mod tests {
         );
         assert_eq!(super::one_line("a\nb"), "a b");
     }
-}
-
-/// Open descriptors of BPF programs, maps and links.
-fn bpf_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| {
-        dir.filter_map(Result::ok)
-            .filter(|e| {
-                std::fs::read_link(e.path())
-                    .is_ok_and(|t| t.to_string_lossy().starts_with("anon_inode:bpf"))
-            })
-            .count()
-    })
 }
