@@ -26,7 +26,7 @@ use tokio::{
 use crate::{
     config::{self, ListenerConfig, ListenerKind},
     datapath::{DEFAULT_SEND_BUFFER, Datapath, End, Mode},
-    events,
+    events, notify,
     pulse::{self, Phase, Pulse},
     session::{self, Context, Ending, ListenerInfo, Refusal},
     snapshot::Snapshot,
@@ -98,14 +98,16 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         config.policy.rules.len(),
         agent.datapath.effective(),
     );
+    notify::ready();
     let grace = loop {
         tokio::select! {
-            _ = hup.recv() => reload(&agent, &path).await,
+            _ = hup.recv() => notify::reloading(reload(&agent, &path)).await,
             _ = usr1.recv() => stats(&agent),
             _ = term.recv() => break snapshot(&agent).limits.shutdown_grace,
             _ = int.recv() => break Duration::ZERO,
         }
     };
+    notify::stopping();
     shutdown(&agent, grace).await;
     ticker.abort();
     Ok(())

@@ -6,7 +6,7 @@
 //! - [`policy`]: the compiled FQDN policy (which checks the rules) and its decisions.
 //! - [`snapshot`]: one config load: config, compiled policy, limits and resolver.
 //! - [`tls`]: the incremental ClientHello assembler and first-bytes classifier.
-//! - [`cli`]: the subcommands (`run`, `check`, `decide`, `relay`).
+//! - [`cli`]: the subcommands (`run`, `check`, `decide`, `doctor`, `relay`).
 //! - [`agent`]: `sockgate run`: listeners, reload and shutdown.
 //! - [`session`]: one connection's flow, from accept to close.
 //! - [`pulse`]: the lifecycle phase and idle tick the agent sends every session.
@@ -17,16 +17,20 @@
 //! - [`datapath`]: handing a socket pair to the kernel, with splice(2) and copy fallbacks.
 //! - [`relay`]: a plain TCP relay over the datapath, for benchmarks and tests.
 //! - [`sockopt`]: the few raw socket options the datapath needs.
+//! - [`notify`]: systemd readiness notifications.
+//! - [`doctor`]: `sockgate doctor`'s host checks.
 
 pub mod agent;
 pub mod cli;
 pub mod config;
 pub mod connect_request;
 pub mod datapath;
+pub mod doctor;
 pub mod ebpf;
 pub mod events;
 pub mod kernel_layout;
 pub mod names;
+pub mod notify;
 pub mod policy;
 pub mod pulse;
 pub mod relay;

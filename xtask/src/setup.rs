@@ -20,6 +20,8 @@ const APT_PACKAGES: &[&str] = &[
     "haproxy",
     "nginx",
     "libnginx-mod-stream",
+    // systemd-analyze verify, for dist/systemd/sockgate.service (tests/tests/systemd.rs).
+    "systemd",
 ];
 
 /// The nightly toolchain that builds the eBPF crate (the only one on this machine kind).

@@ -2,5 +2,6 @@
 
 pub mod check;
 pub mod decide;
+pub mod doctor;
 pub mod relay;
 pub mod run;
