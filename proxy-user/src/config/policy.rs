@@ -60,6 +60,9 @@ pub struct PolicyConfig {
     /// How a denied TLS connection is refused.
     #[serde(default)]
     pub deny_with: DenyWith,
+    /// Whether denials are enforced or only logged; a rule's own `mode` overrides it.
+    #[serde(default)]
+    pub mode: PolicyMode,
     /// `[[policy.rule]]`, in file order; the first match wins.
     #[serde(default, rename = "rule")]
     pub rules: RuleList,
@@ -71,6 +74,7 @@ impl Default for PolicyConfig {
             default: Action::Deny,
             no_sni: Action::Deny,
             deny_with: DenyWith::default(),
+            mode: PolicyMode::default(),
             rules: RuleList::new(),
         }
     }
@@ -91,6 +95,40 @@ pub enum DenyWith {
     Alert,
 }
 
+/// Whether the policy's denials are enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// Denied connections are refused.
+    #[default]
+    Enforce,
+    /// Denied connections are logged as denied and relayed as if allowed, to trial a
+    /// policy before enforcing it.
+    Audit,
+}
+
+impl PolicyMode {
+    /// The config and JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyMode::Enforce => "enforce",
+            PolicyMode::Audit => "audit",
+        }
+    }
+}
+
+impl std::str::FromStr for PolicyMode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "enforce" => Ok(PolicyMode::Enforce),
+            "audit" => Ok(PolicyMode::Audit),
+            _ => Err(()),
+        }
+    }
+}
+
 /// One `[[policy.rule]]`, as written; [`RuleList`] keeps them packed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -107,4 +145,6 @@ pub struct RuleConfig {
     pub sources: Option<Vec<String>>,
     /// Protocols (tls, ssh, http, unknown, none); absent matches any.
     pub protocols: Option<Vec<String>>,
+    /// `enforce` or `audit`; absent takes the policy's `mode`.
+    pub mode: Option<String>,
 }

@@ -39,7 +39,7 @@ fn the_example_config_is_valid() {
 fn syntax_errors_carry_file_line_and_column() {
     assert_eq!(
         parse("[policy]\ndefault = \"deny\"\nfoo = 1\n").unwrap_err(),
-        "test.toml:3:1: unknown field `foo`, expected one of `default`, `no_sni`, `deny_with`, `rule`"
+        "test.toml:3:1: unknown field `foo`, expected one of `default`, `no_sni`, `deny_with`, `mode`, `rule`"
     );
     let e = parse("[policy\n").unwrap_err();
     assert!(e.starts_with("test.toml:1:8: "), "{e}");

@@ -114,7 +114,8 @@ async fn admit(
             request_head,
             admitted,
         }) => {
-            line.action = Action::Allow;
+            line.action = admitted.action;
+            line.enforced = admitted.enforced();
             line.reason = admitted.reason.to_string();
             events::decision(&line);
             Some((client, upstream, request_head))
