@@ -421,4 +421,24 @@ mod tests {
         let waited = tokio::time::timeout(std::time::Duration::from_secs(3600), heed).await;
         assert!(waited.is_err(), "ended with {waited:?}");
     }
+
+    /// What `splice`'s future measured before the datapath was reshaped (issue 16).
+    const SPLICE_FUTURE_BYTES: usize = 440;
+
+    #[tokio::test]
+    async fn the_relayed_future_does_not_grow() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let connected = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let datapath = Datapath::new(None, Mode::Copy, 0);
+        let (client, upstream) = (datapath.adopt(accepted, 1), datapath.adopt(connected, 1));
+        let mut pulse = crate::pulse::never();
+        let relayed = datapath.splice(client, upstream, &mut pulse);
+        let size = std::mem::size_of_val(&relayed);
+        assert!(
+            size <= SPLICE_FUTURE_BYTES,
+            "splice's future grew from {SPLICE_FUTURE_BYTES} to {size} bytes; every relayed \
+             connection holds it"
+        );
+    }
 }
