@@ -16,6 +16,12 @@
 //! - [`datapath`]: handing a socket pair to the kernel, with splice(2) and copy fallbacks.
 //! - [`relay`]: a plain TCP relay over the datapath, for benchmarks and tests.
 //! - [`sockopt`]: the few raw socket options the datapath needs.
+//! - [`task_size`]: why relayed connections' futures are kept small, and the helper for it.
+
+#![expect(
+    clippy::manual_async_fn,
+    reason = "relayed connections' futures are async blocks, not async fns: see task_size"
+)]
 
 pub mod agent;
 pub mod cli;
@@ -31,5 +37,6 @@ pub mod pulse;
 pub mod relay;
 pub mod session;
 pub mod sockopt;
+pub mod task_size;
 pub mod tls;
 pub mod upstream;
