@@ -8,7 +8,8 @@
 //! - [`cli`]: the subcommands (`run`, `check`, `decide`, `relay`).
 //! - [`agent`]: `sockgate run`: listeners, reload and shutdown.
 //! - [`session`]: one connection's flow, from accept to close.
-//! - [`pulse`]: the lifecycle phase and idle tick the agent sends every session.
+//! - [`pulse`]: the lifecycle phase and idle tick the agent sends every session, and the
+//!   wait until a relayed connection is idle or closed.
 //! - [`connect`]: the CONNECT request parser.
 //! - [`upstream`]: resolving and connecting to servers.
 //! - [`events`]: the JSON decision log.

@@ -1,6 +1,6 @@
 //! What the agent tells every session, on one watch channel: the lifecycle phase and a tick
 //! that paces idle checks. One channel, so that a relayed connection, which may sit idle
-//! for hours among thousands, waits on one future and owns no timer.
+//! for hours among thousands, waits on one future ([`idle_or_closed`]) and owns no timer.
 
 use std::{future::Future, time::Duration};
 

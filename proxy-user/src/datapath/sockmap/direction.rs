@@ -2,17 +2,19 @@
 //! direction does next, and each step returns the phase after it.
 //!
 //! ```text
-//! Starting ──hand_off──> HandedOff ──passed > read──> CatchingUp ──caught up──> HandedOff
-//!                          │  ^                          │ nothing moved
-//!                          │  └──────hand_off────────┐   v
-//!                          └──────────────────────> Passing ──EOF──> Draining ──FIN──> end
-//!                                                                       └─EOF early─> HandedOff
+//! Starting ──> HandedOff ──passed bytes──> CatchingUp ──caught up, or gave up──> HandedOff
+//!                  │                            └──nothing moved──> Passing
+//!                  └──readable──> Passing ──relayed──> HandedOff
+//!                                     └──EOF──> Draining ──final──> FIN passed on (end)
+//!                                                  └──early──> HandedOff
 //! ```
 //!
-//! Between steps the direction's state is all in [`Direction`]: the phase, the bytes read
-//! and written, and the `go` last handed off. Inside a step bytes may be in flight
-//! (userspace holds bytes it read but has not written), so a direction is stopped only
-//! between steps, and idles in [`Phase::HandedOff`].
+//! Any step may also end the direction with a reset or an error. The state between steps is
+//! all in [`Direction`]: the phase, the bytes read and written, and the `go` last handed
+//! off. Inside a step userspace may hold bytes it read and has not written yet; the wait in
+//! [`Phase::HandedOff`], where an idle direction sits, holds none, so a direction stopped
+//! there (as a handover to another process will) loses nothing, and its `Direction` says
+//! where it stood.
 
 use std::{
     future::{Future, poll_fn},
@@ -196,7 +198,10 @@ impl<'a> Direction<'a> {
     /// [`Phase::Passing`]: reads what was passed and writes it to `dst`, behind every byte
     /// redirected before it, then hands off again.
     async fn relay_passed(&mut self) -> Next {
-        let mut buf = (self.buf.take()).unwrap_or_else(|| vec![0; BUFFER].into_boxed_slice());
+        let mut buf = self
+            .buf
+            .take()
+            .unwrap_or_else(|| vec![0; BUFFER].into_boxed_slice());
         let n = match self.src.stream().try_read(&mut buf) {
             Ok(0) => return Ok(Phase::Draining),
             Ok(n) => n,
