@@ -168,10 +168,8 @@ async fn transparent(
     line: &mut events::Decision,
     dst: SocketAddr,
 ) -> Result<(Endpoint, Admitted), Refusal> {
-    let flight = first_flight::read(client, &cx.live.limits, line).await?;
-    let sni = note_sni(line, &flight);
-    let protocol = line.protocol;
-    let admitted = decide::decide(&cx.live.policy, line, sni, dst.port(), protocol)?;
+    let (flight, admitted) = decide_on_sni(cx, client, line, dst.port()).await?;
+    let sni = flight.sni();
     let verify = matches!(
         cx.listener.kind,
         ListenerKind::Transparent {
@@ -197,23 +195,30 @@ async fn sni(
     line: &mut events::Decision,
     port: u16,
 ) -> Result<(Endpoint, Admitted), Refusal> {
-    let flight = first_flight::read(client, &cx.live.limits, line).await?;
-    let sni = note_sni(line, &flight);
-    let protocol = line.protocol;
-    let admitted = decide::decide(&cx.live.policy, line, sni, port, protocol)?;
-    let name = sni.ok_or(ClientFault::NoSni)?;
+    let (flight, admitted) = decide_on_sni(cx, client, line, port).await?;
+    let name = flight.sni().ok_or(ClientFault::NoSni)?;
     let addrs = resolve(cx, name, port).await?;
     let mut upstream = connect(cx, line, &addrs).await?;
     forward(cx, client, line, &mut upstream, flight).await?;
     Ok((upstream, admitted))
 }
 
-/// The SNI of a TLS first flight, noted as the connection's name.
-fn note_sni<'f>(line: &mut events::Decision, flight: &'f FirstFlight) -> Option<&'f str> {
-    let sni = flight.sni()?;
-    line.fqdn = Some(sni.to_owned());
-    line.fqdn_source = events::FqdnSource::Sni;
-    Some(sni)
+/// Transparent and SNI routing: reads the first flight and decides on its SNI (or its
+/// absence), noted as the connection's name, at `port`.
+async fn decide_on_sni(
+    cx: &Context,
+    client: &mut Endpoint,
+    line: &mut events::Decision,
+    port: u16,
+) -> Result<(FirstFlight, Admitted), Refusal> {
+    let flight = first_flight::read(client, &cx.live.limits, line).await?;
+    if let Some(sni) = flight.sni() {
+        line.fqdn = Some(sni.to_owned());
+        line.fqdn_source = events::FqdnSource::Sni;
+    }
+    let protocol = line.protocol;
+    let admitted = decide::decide(&cx.live.policy, line, flight.sni(), port, protocol)?;
+    Ok((flight, admitted))
 }
 
 async fn resolve(cx: &Context, host: &str, port: u16) -> Result<Vec<SocketAddr>, Refusal> {
