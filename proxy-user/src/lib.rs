@@ -5,7 +5,7 @@
 //! - [`names`]: FQDN normalisation and validation.
 //! - [`policy`]: the compiled FQDN policy and its decisions.
 //! - [`tls`]: the incremental ClientHello assembler and first-bytes classifier.
-//! - [`cli`]: the subcommands (`run`, `check`, `decide`, `relay`).
+//! - [`cli`]: the subcommands (`run`, `check`, `decide`, `relay`, `status`).
 //! - [`agent`]: `sockgate run`: listeners, reload and shutdown.
 //! - [`session`]: one connection's flow, from accept to close.
 //! - [`pulse`]: the lifecycle phase and idle tick the agent sends every session.
@@ -16,7 +16,10 @@
 //! - [`datapath`]: handing a socket pair to the kernel, with splice(2) and copy fallbacks.
 //! - [`relay`]: a plain TCP relay over the datapath, for benchmarks and tests.
 //! - [`sockopt`]: the few raw socket options the datapath needs.
+//! - [`admin`]: the admin endpoint (metrics, open connections, readiness) and what the
+//!   agent and sessions report to it.
 
+pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod config;

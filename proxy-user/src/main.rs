@@ -26,6 +26,8 @@ enum Command {
     Decide(cli::decide::Args),
     /// A plain TCP relay (no TLS, no policy) over a chosen datapath, for benchmarks and debugging.
     Relay(cli::relay::Args),
+    /// Show a running agent's config, reload and open connections, from its admin endpoint.
+    Status(cli::status::Args),
 }
 
 fn main() -> ExitCode {
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         Command::Check(args) => cli::check::run(args),
         Command::Decide(args) => cli::decide::run(args),
         Command::Relay(args) => cli::relay::run(args),
+        Command::Status(args) => cli::status::run(args),
     };
     match result {
         Ok(code) => code,

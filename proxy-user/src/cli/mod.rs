@@ -4,3 +4,4 @@ pub mod check;
 pub mod decide;
 pub mod relay;
 pub mod run;
+pub mod status;
