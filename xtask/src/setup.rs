@@ -20,6 +20,8 @@ const APT_PACKAGES: &[&str] = &[
     "haproxy",
     "nginx",
     "libnginx-mod-stream",
+    // A real Prometheus scrapes the admin endpoint, and promtool checks /metrics.
+    "prometheus",
 ];
 
 /// The nightly toolchain that builds the eBPF crate (the only one on this machine kind).
