@@ -352,7 +352,7 @@ impl Collector for Table {
         let tally = self.0.tally();
         let mut open = encoder.encode_descriptor(
             "sockgate_connections_open",
-            "Connections open now, by state (handshake or relaying) and the path relaying them",
+            "Connections open now, by state (handshake or relaying) and the path relaying them.",
             None,
             MetricType::Gauge,
         )?;
@@ -366,7 +366,7 @@ impl Collector for Table {
         }
         let mut bytes = encoder.encode_descriptor(
             "sockgate_bytes",
-            "Bytes relayed, both closed connections' and open ones' so far",
+            "Bytes relayed, both closed connections' and open ones' so far.",
             None,
             MetricType::Counter,
         )?;
@@ -397,7 +397,7 @@ impl Collector for Maps {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let mut gauge = encoder.encode_descriptor(
             "sockgate_kernel_map_entries",
-            "Entries of the eBPF program's maps; absent without the program",
+            "Entries of the eBPF program's maps; absent without the program.",
             None,
             MetricType::Gauge,
         )?;
