@@ -4,10 +4,11 @@
 //!   many zones and TLDs, with a ports condition on one rule in 50, and writes them as a
 //!   TOML config file;
 //! - in a fresh process (this program again, with `--load`), loads that file the way
-//!   `sockgate run` does (`Config::load`: read, parse, validate; then `Policy::compile`)
-//!   and reports the load time, the compile part of it, the process's peak resident memory
-//!   (VmHWM, so the file's text and the parsed config count) and what the loaded policy
-//!   keeps resident once they are dropped;
+//!   `sockgate run` does (the steps of `Snapshot::load`, timed apart: `Config::read` and
+//!   `Config::validate`, then `Policy::compile`, which checks the rules) and reports the
+//!   load time, the compile part of it, the process's peak resident memory (VmHWM, so the
+//!   file's text and the parsed config count) and what the loaded policy keeps resident
+//!   once they are dropped;
 //! - times `Policy::decide` one call at a time over random names, half of them hits, and
 //!   prints p50/p99/p99.9/max, overall and by kind of name (which pattern kind a hit
 //!   matches, whether its rule has a condition; which level a miss stops at). Each sample
@@ -199,7 +200,8 @@ fn measure(path: &Path, n: usize, lookups: usize) {
     let file_mib = std::fs::metadata(path).expect("rules file").len() as f64 / (1024.0 * 1024.0);
     let rss_before = status_kib("VmRSS:");
     let start = Instant::now();
-    let config = Config::load(path).expect("generated config is valid");
+    let config = Config::read(path).expect("generated config parses");
+    config.validate().expect("generated config is valid");
     let parsed = start.elapsed();
     let start = Instant::now();
     let policy = Policy::compile(&config.policy).expect("generated rules are valid");

@@ -24,21 +24,20 @@ use tokio::{
 };
 
 use crate::{
-    config::{Config, ListenerConfig, ListenerKind},
-    datapath::{DEFAULT_SEND_BUFFER, Datapath, End},
-    events,
-    policy::Policy,
+    config::{self, ListenerConfig, ListenerKind},
+    datapath::{DEFAULT_SEND_BUFFER, Datapath, End, Mode},
+    events, notify,
     pulse::{self, Phase, Pulse},
-    session::{self, Context, Ending, ListenerInfo, Live, Refusal},
+    session::{self, Context, Ending, ListenerInfo, Refusal},
+    snapshot::Snapshot,
     sockopt,
-    upstream::Resolver,
 };
 
 /// State shared by every listener and session.
 struct Agent {
     datapath: Arc<Datapath>,
     /// The config snapshot new connections take; replaced whole on reload.
-    live: RwLock<Arc<Live>>,
+    live: RwLock<Arc<Snapshot>>,
     /// The phase and idle tick every session watches.
     pulse: watch::Sender<Pulse>,
     /// Wakes the ticker when a reload may have changed `idle_timeout`.
@@ -50,19 +49,14 @@ struct Agent {
     listeners: Mutex<HashMap<String, (ListenerConfig, JoinHandle<()>)>>,
 }
 
-/// Builds the snapshot sessions run under; fails on what `validate()` cannot see.
-fn live(config: &Config) -> anyhow::Result<Live> {
-    if config.resolver.nameservers.is_some() {
-        anyhow::bail!(
-            "resolver.nameservers is not supported yet: sockgate uses the system resolver \
-             (/etc/resolv.conf) and [resolver] hosts"
-        );
+/// The datapath mode the config names.
+fn datapath_mode(datapath: config::Datapath) -> Mode {
+    match datapath {
+        config::Datapath::Auto => Mode::Auto,
+        config::Datapath::Sockmap => Mode::Sockmap,
+        config::Datapath::Splice => Mode::Splice,
+        config::Datapath::Copy => Mode::Copy,
     }
-    Ok(Live {
-        policy: Policy::compile(&config.policy)?,
-        limits: config.limits.clone(),
-        resolver: Resolver::new(&config.resolver),
-    })
 }
 
 /// Runs until SIGTERM or SIGINT.
@@ -73,9 +67,8 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
-    let config = Config::load(&path)?;
-    let live = live(&config)?;
-    let mode = config.datapath;
+    let (live, config) = Snapshot::load(&path)?;
+    let mode = datapath_mode(config.datapath);
     let datapath = Datapath::load(mode, DEFAULT_SEND_BUFFER)
         .context("datapath = \"sockmap\" needs the eBPF program")?;
     let agent = Arc::new(Agent {
@@ -105,14 +98,16 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         config.policy.rules.len(),
         agent.datapath.effective(),
     );
+    notify::ready();
     let grace = loop {
         tokio::select! {
-            _ = hup.recv() => reload(&agent, &path).await,
+            _ = hup.recv() => notify::reloading(reload(&agent, &path)).await,
             _ = usr1.recv() => stats(&agent),
             _ = term.recv() => break snapshot(&agent).limits.shutdown_grace,
             _ = int.recv() => break Duration::ZERO,
         }
     };
+    notify::stopping();
     shutdown(&agent, grace).await;
     ticker.abort();
     Ok(())
@@ -137,7 +132,7 @@ fn stats(agent: &Agent) {
     });
 }
 
-fn snapshot(agent: &Agent) -> Arc<Live> {
+fn snapshot(agent: &Agent) -> Arc<Snapshot> {
     Arc::clone(&agent.live.read().unwrap_or_else(|p| p.into_inner()))
 }
 
@@ -174,20 +169,15 @@ async fn wait_idle(agent: &Agent, limit: Duration) {
 /// SIGHUP: a valid new config replaces the policy and limits for new connections and
 /// adds, restarts or removes listeners; an invalid one changes nothing.
 async fn reload(agent: &Arc<Agent>, path: &Path) {
-    let config = match Config::load(path)
-        .map_err(anyhow::Error::from)
-        .and_then(|c| {
-            let live = live(&c)?;
-            Ok((c, live))
-        }) {
+    // Through anyhow, whose `{:#}` also prints the error's causes.
+    let (live, config) = match Snapshot::load(path).map_err(anyhow::Error::from) {
         Ok(loaded) => loaded,
         Err(err) => {
             log::error!("reload refused, keeping the running config: {err:#}");
             return;
         }
     };
-    let (config, live) = config;
-    if config.datapath != agent.datapath.mode() {
+    if datapath_mode(config.datapath) != agent.datapath.mode() {
         log::warn!("reload: a datapath change takes effect only after a restart");
     }
     *agent.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);

@@ -39,9 +39,17 @@ pub struct Decision {
     /// The negotiated or offered TLS version, e.g. "1.3".
     pub tls_version: Option<String>,
     pub ech: bool,
+    /// The policy's answer, whether or not it was carried out.
     pub action: Action,
+    /// False when `action` was not carried out (a deny in audit mode); left out when true.
+    #[serde(skip_serializing_if = "is_true")]
+    pub enforced: bool,
     pub rule: Option<String>,
     pub reason: String,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 impl Decision {
@@ -59,6 +67,7 @@ impl Decision {
             tls_version: None,
             ech: false,
             action: Action::Deny,
+            enforced: true,
             rule: None,
             reason: String::new(),
         }

@@ -1,11 +1,12 @@
 //! sockgate: an FQDN-filtering forward proxy whose data plane is an in-kernel splice.
 //!
 //! Layout, one concept per module:
-//! - [`config`]: the TOML config, its defaults and validation.
+//! - [`config`]: the TOML config, its defaults and validation (the rules aside).
 //! - [`names`]: FQDN normalisation and validation.
-//! - [`policy`]: the compiled FQDN policy and its decisions.
+//! - [`policy`]: the compiled FQDN policy (which checks the rules) and its decisions.
+//! - [`snapshot`]: one config load: config, compiled policy, limits and resolver.
 //! - [`tls`]: the incremental ClientHello assembler and first-bytes classifier.
-//! - [`cli`]: the subcommands (`run`, `check`, `decide`, `relay`, `status`).
+//! - [`cli`]: the subcommands (`run`, `check`, `decide`, `doctor`, `relay`, `status`).
 //! - [`agent`]: `sockgate run`: listeners, reload and shutdown.
 //! - [`session`]: one connection's flow, from accept to close.
 //! - [`pulse`]: the lifecycle phase and idle tick the agent sends every session.
@@ -16,6 +17,8 @@
 //! - [`datapath`]: handing a socket pair to the kernel, with splice(2) and copy fallbacks.
 //! - [`relay`]: a plain TCP relay over the datapath, for benchmarks and tests.
 //! - [`sockopt`]: the few raw socket options the datapath needs.
+//! - [`notify`]: systemd readiness notifications.
+//! - [`doctor`]: `sockgate doctor`'s host checks.
 //! - [`admin`]: the admin endpoint (metrics, open connections, readiness) and what the
 //!   agent and sessions report to it.
 
@@ -25,14 +28,17 @@ pub mod cli;
 pub mod config;
 pub mod connect_request;
 pub mod datapath;
+pub mod doctor;
 pub mod ebpf;
 pub mod events;
 pub mod kernel_layout;
 pub mod names;
+pub mod notify;
 pub mod policy;
 pub mod pulse;
 pub mod relay;
 pub mod session;
+pub mod snapshot;
 pub mod sockopt;
 pub mod tls;
 pub mod upstream;

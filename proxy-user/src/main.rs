@@ -24,6 +24,8 @@ enum Command {
     Check(cli::check::Args),
     /// Print the policy decision for one name as JSON.
     Decide(cli::decide::Args),
+    /// Check that this host can run the sockmap datapath; exit 0 if so, 1 if not.
+    Doctor(cli::doctor::Args),
     /// A plain TCP relay (no TLS, no policy) over a chosen datapath, for benchmarks and debugging.
     Relay(cli::relay::Args),
     /// Show a running agent's config, reload and open connections, from its admin endpoint.
@@ -40,6 +42,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cli::run::run(args),
         Command::Check(args) => cli::check::run(args),
         Command::Decide(args) => cli::decide::run(args),
+        Command::Doctor(args) => cli::doctor::run(args),
         Command::Relay(args) => cli::relay::run(args),
         Command::Status(args) => cli::status::run(args),
     };

@@ -125,18 +125,42 @@ fn decide_prints_one_json_object() {
     };
     assert_eq!(
         decide(&["--fqdn", "API.GitHub.com", "--port", "443"]),
-        "{\"action\":\"allow\",\"rule\":\"github\",\"fqdn\":\"api.github.com\",\"reason\":\"rule\"}\n"
+        "{\"action\":\"allow\",\"rule\":\"github\",\"fqdn\":\"api.github.com\",\"reason\":\"rule\",\"mode\":\"enforce\"}\n"
     );
     assert_eq!(
         decide(&["--fqdn", "example.org", "--port", "443"]),
-        "{\"action\":\"deny\",\"rule\":null,\"fqdn\":\"example.org\",\"reason\":\"default\"}\n"
+        "{\"action\":\"deny\",\"rule\":null,\"fqdn\":\"example.org\",\"reason\":\"default\",\"mode\":\"enforce\"}\n"
     );
     assert_eq!(
         decide(&["--fqdn", "bad..name"]),
-        "{\"action\":\"deny\",\"rule\":null,\"fqdn\":\"bad..name\",\"reason\":\"invalid_name: empty_label\"}\n"
+        "{\"action\":\"deny\",\"rule\":null,\"fqdn\":\"bad..name\",\"reason\":\"invalid_name: empty_label\",\"mode\":\"enforce\"}\n"
     );
     assert_eq!(
         decide(&["--port", "22", "--source", "10.20.3.4", "--protocol", "ssh"]),
-        "{\"action\":\"allow\",\"rule\":\"lab-ssh\",\"fqdn\":null,\"reason\":\"rule\"}\n"
+        "{\"action\":\"allow\",\"rule\":\"lab-ssh\",\"fqdn\":null,\"reason\":\"rule\",\"mode\":\"enforce\"}\n"
+    );
+}
+
+/// `decide` shows the mode of the rule that matched.
+#[test]
+fn decide_shows_the_mode() {
+    let dir = std::env::temp_dir().join(format!("sockgate-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let path = dir.join("audit.toml");
+    let text = "[policy]\nmode = \"audit\"\n[[policy.rule]]\nname = \"strict\"\naction = \"deny\"\nfqdn = [\"strict.test\"]\nmode = \"enforce\"\n";
+    std::fs::write(&path, text).expect("write the config");
+    let path = path.to_str().expect("UTF-8 path");
+    let decide = |fqdn: &str| {
+        let out = sockgate(&["decide", "-c", path, "--fqdn", fqdn]);
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8(out.stdout).expect("UTF-8 output")
+    };
+    assert_eq!(
+        decide("strict.test"),
+        "{\"action\":\"deny\",\"rule\":\"strict\",\"fqdn\":\"strict.test\",\"reason\":\"rule\",\"mode\":\"enforce\"}\n"
+    );
+    assert_eq!(
+        decide("other.test"),
+        "{\"action\":\"deny\",\"rule\":null,\"fqdn\":\"other.test\",\"reason\":\"default\",\"mode\":\"audit\"}\n"
     );
 }

@@ -20,6 +20,8 @@ const APT_PACKAGES: &[&str] = &[
     "haproxy",
     "nginx",
     "libnginx-mod-stream",
+    // systemd-analyze verify, for dist/systemd/sockgate.service (tests/tests/systemd.rs).
+    "systemd",
     // A real Prometheus scrapes the admin endpoint, and promtool checks /metrics.
     "prometheus",
 ];

@@ -1,20 +1,20 @@
-//! The config loader on arbitrary text: no panic, and a config that validates must compile
-//! into a policy that can decide.
+//! The config loader on arbitrary text: no panic, and a config that loads has a policy
+//! that can decide.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use proxy_user::config::Config;
-use proxy_user::policy::{Policy, Query};
+use proxy_user::policy::Query;
+use proxy_user::snapshot::Snapshot;
 use proxy_user::tls::Protocol;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    let Ok(config) = Config::parse(text, "fuzz.toml") else {
+    let Ok((snapshot, _)) = Snapshot::parse(text, "fuzz.toml") else {
         return;
     };
-    let policy = Policy::compile(&config.policy).expect("a validated policy compiles");
+    let policy = &snapshot.policy;
     for fqdn in [
         None,
         Some("example.com"),

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::policy::Policy;
+use crate::snapshot::Snapshot;
 
 /// Arguments of `sockgate check`.
 #[derive(Debug, clap::Args)]
@@ -14,12 +15,11 @@ pub struct Args {
     pub config: PathBuf,
 }
 
-/// Validates the config and compiles its policy. Errors name the file, line and column for
-/// TOML errors, else the rule or listener and the field; they make the binary exit 1.
+/// Loads the config as `sockgate run` does. Errors name the file, line and column for TOML
+/// errors, else the rule or listener and the field; they make the binary exit 1.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
-    let policy = Policy::compile(&config.policy)?;
-    println!("{}", summary(&config, &policy));
+    let (snapshot, config) = Snapshot::load(&args.config)?;
+    println!("{}", summary(&config, &snapshot.policy));
     Ok(ExitCode::SUCCESS)
 }
 

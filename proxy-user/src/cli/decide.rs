@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::config::Config;
-use crate::policy::{Policy, Query};
+use crate::policy::Query;
+use crate::snapshot::Snapshot;
 use crate::tls::Protocol;
 
 /// Arguments of `sockgate decide`.
@@ -32,9 +32,8 @@ pub struct Args {
 
 /// Prints the decision; exits 0 whatever it is (an invalid name is a deny, not an error).
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&args.config)?;
-    let policy = Policy::compile(&config.policy)?;
-    let decision = policy.decide(&Query {
+    let (snapshot, _) = Snapshot::load(&args.config)?;
+    let decision = snapshot.policy.decide(&Query {
         fqdn: args.fqdn.as_deref(),
         source: args.source,
         port: args.port,

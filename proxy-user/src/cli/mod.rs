@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod decide;
+pub mod doctor;
 pub mod relay;
 pub mod run;
 pub mod status;

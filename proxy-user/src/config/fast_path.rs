@@ -147,6 +147,7 @@ fn read_fields(body: &str, w: &mut Writer<'_>) -> Option<()> {
         let t = match key {
             "name" => rules::NAME,
             "action" => rules::ACTION,
+            "mode" => rules::MODE,
             "fqdn" => rules::FQDN,
             "ports" => rules::PORTS,
             "sources" => rules::SOURCES,
@@ -162,7 +163,7 @@ fn read_fields(body: &str, w: &mut Writer<'_>) -> Option<()> {
         s.eat(b'=')?;
         s.skip_ws();
         match t {
-            rules::NAME | rules::ACTION => w.str(t, s.string()?),
+            rules::NAME | rules::ACTION | rules::MODE => w.str(t, s.string()?),
             rules::PORTS => {
                 let at = w.list(t);
                 s.array(|s| {

@@ -1,9 +1,12 @@
 //! The TOML config: serde defaults first, then [`Config::validate`] with typed errors that
-//! name the rule or listener and the field. See `examples/sockgate.toml` for every key.
+//! name the listener and the field. See `examples/sockgate.toml` for every key.
 //!
 //! TOML because operators comment their policies. Unknown keys are errors, so a typo does
-//! not silently fall back to a default.
+//! not silently fall back to a default. The rules are kept as written: the policy checks
+//! them while it compiles them, so each rule is checked once. The policy depends on this
+//! module, never the reverse; neither does this module read the datapath.
 
+mod datapath;
 pub mod duration;
 mod fast_path;
 mod limits;
@@ -17,15 +20,12 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-/// How bytes flow once a connection is handed off (`datapath = "auto"` etc.).
-pub use crate::datapath::Mode as Datapath;
+pub use datapath::Datapath;
 pub use limits::{LimitError, Limits, MAX_CLIENT_HELLO, MIN_CLIENT_HELLO};
 pub use listener::{ListenerConfig, ListenerError, ListenerKind, ListenerMode, ListenerProblem};
-pub use policy::{DenyWith, PolicyConfig, RuleConfig};
+pub use policy::{Action, DenyWith, PolicyConfig, PolicyMode, RuleConfig};
 pub use resolver::{NameServer, ResolverConfig, ResolverError};
 pub use rules::{Ints, RuleList, RuleView, Strs};
-
-use crate::policy::PolicyError;
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -48,7 +48,8 @@ pub struct Config {
     pub limits: Limits,
 }
 
-/// Why a config cannot be used. The operator caused every one of them.
+/// Why a config cannot be used. The operator caused every one of them. (A bad rule is the
+/// policy's error: the policy checks the rules.)
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The file could not be read.
@@ -69,9 +70,6 @@ pub enum ConfigError {
         /// What the parser said.
         message: String,
     },
-    /// A policy rule is invalid.
-    #[error(transparent)]
-    Policy(#[from] PolicyError),
     /// A listener is invalid.
     #[error(transparent)]
     Listener(#[from] ListenerError),
@@ -111,17 +109,25 @@ impl fmt::Display for Position {
 }
 
 impl Config {
-    /// Reads, parses and validates a config file.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads and parses a config file: TOML syntax, types and unknown keys. Not validated:
+    /// [`Config::validate`] checks the rest.
+    pub fn read(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::parse(&text, &path.display().to_string())
+        Self::from_toml(&text, &path.display().to_string())
     }
 
-    /// Parses and validates config text; `origin` names it in errors.
+    /// Parses and validates config text (all but the rules); `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config = Self::from_toml(text, origin)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses config text like [`Config::read`], without validating it.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
         // The fast path reads big policies in seconds; anything it is unsure of, errors
         // included, goes through `toml` whole.
         let config = match fast_path::parse(text) {
@@ -132,13 +138,12 @@ impl Config {
                 message: e.message().trim_end().replace('\n', "; "),
             })?,
         };
-        config.validate()?;
         Ok(config)
     }
 
-    /// Checks everything serde cannot: rule fields, listener modes, uniqueness, ranges.
+    /// Checks what serde cannot, the rules aside: listener modes and names, the resolver's
+    /// hosts, the limits' ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        crate::policy::validate(&self.policy)?;
         listener::validate(&self.listeners)?;
         self.resolver.validate()?;
         self.limits.validate()?;

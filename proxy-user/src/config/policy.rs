@@ -1,11 +1,50 @@
-//! The `[policy]` table. Rule fields are kept as written (strings and integers) so that
-//! `validate()` can name the rule and the field in its errors; [`crate::policy::Rule`]
-//! checks them.
+//! The `[policy]` table. Rule fields are kept as written (strings and integers): the
+//! policy checks them as it compiles them, naming the rule and the field in its errors.
+
+use std::fmt;
+use std::str::FromStr;
 
 use serde::Deserialize;
 
 use super::rules::RuleList;
-use crate::policy::Action;
+
+/// What to do with a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Connect to the server and relay.
+    Allow,
+    /// Refuse the connection.
+    Deny,
+}
+
+impl Action {
+    /// The config and JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Allow => "allow",
+            Action::Deny => "deny",
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Action {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "allow" => Ok(Action::Allow),
+            "deny" => Ok(Action::Deny),
+            _ => Err(()),
+        }
+    }
+}
 
 /// `[policy]`: the default, and the rules in file order.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -21,6 +60,9 @@ pub struct PolicyConfig {
     /// How a denied TLS connection is refused.
     #[serde(default)]
     pub deny_with: DenyWith,
+    /// Whether denials are enforced or only logged; a rule's own `mode` overrides it.
+    #[serde(default)]
+    pub mode: PolicyMode,
     /// `[[policy.rule]]`, in file order; the first match wins.
     #[serde(default, rename = "rule")]
     pub rules: RuleList,
@@ -32,6 +74,7 @@ impl Default for PolicyConfig {
             default: Action::Deny,
             no_sni: Action::Deny,
             deny_with: DenyWith::default(),
+            mode: PolicyMode::default(),
             rules: RuleList::new(),
         }
     }
@@ -52,6 +95,40 @@ pub enum DenyWith {
     Alert,
 }
 
+/// Whether the policy's denials are enforced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PolicyMode {
+    /// Denied connections are refused.
+    #[default]
+    Enforce,
+    /// Denied connections are logged as denied and relayed as if allowed, to trial a
+    /// policy before enforcing it.
+    Audit,
+}
+
+impl PolicyMode {
+    /// The config and JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PolicyMode::Enforce => "enforce",
+            PolicyMode::Audit => "audit",
+        }
+    }
+}
+
+impl std::str::FromStr for PolicyMode {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "enforce" => Ok(PolicyMode::Enforce),
+            "audit" => Ok(PolicyMode::Audit),
+            _ => Err(()),
+        }
+    }
+}
+
 /// One `[[policy.rule]]`, as written; [`RuleList`] keeps them packed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -68,4 +145,6 @@ pub struct RuleConfig {
     pub sources: Option<Vec<String>>,
     /// Protocols (tls, ssh, http, unknown, none); absent matches any.
     pub protocols: Option<Vec<String>>,
+    /// `enforce` or `audit`; absent takes the policy's `mode`.
+    pub mode: Option<String>,
 }

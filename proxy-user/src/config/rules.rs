@@ -18,6 +18,7 @@ mod tag {
     pub const PORTS: u8 = 4;
     pub const SOURCES: u8 = 5;
     pub const PROTOCOLS: u8 = 6;
+    pub const MODE: u8 = 7;
 }
 
 /// The rules, in file order, packed (see the module docs).
@@ -44,6 +45,8 @@ pub struct RuleView<'a> {
     pub sources: Option<Strs<'a>>,
     /// Protocols; absent matches any.
     pub protocols: Option<Strs<'a>>,
+    /// `enforce` or `audit`; absent takes the policy's.
+    pub mode: Option<&'a str>,
 }
 
 /// A packed list of strings.
@@ -133,6 +136,9 @@ impl RuleList {
         }
         if let Some(action) = &rule.action {
             w.str(tag::ACTION, action);
+        }
+        if let Some(mode) = &rule.mode {
+            w.str(tag::MODE, mode);
         }
         for (t, list) in [
             (tag::FQDN, &rule.fqdn),
@@ -272,7 +278,7 @@ impl Writer<'_> {
 }
 
 /// The field tags, for the TOML fast path.
-pub(super) use tag::{ACTION, FQDN, NAME, PORTS, PROTOCOLS, SOURCES};
+pub(super) use tag::{ACTION, FQDN, MODE, NAME, PORTS, PROTOCOLS, SOURCES};
 
 /// Iterator over a [`RuleList`].
 pub struct Iter<'a> {
@@ -293,6 +299,7 @@ impl<'a> Iterator for Iter<'a> {
                 tag::END => return Some(rule),
                 tag::NAME => rule.name = Some(read_str(&mut self.rest)),
                 tag::ACTION => rule.action = Some(read_str(&mut self.rest)),
+                tag::MODE => rule.mode = Some(read_str(&mut self.rest)),
                 tag::PORTS => {
                     let len = read_count(&mut self.rest);
                     let (bytes, rest) = self.rest.split_at(len * 8);
@@ -376,6 +383,7 @@ mod tests {
                 ports: Some(vec![443, -1, i64::MAX]),
                 sources: Some(vec!["10.0.0.0/8".into()]),
                 protocols: Some(vec![]),
+                mode: Some("audit".into()),
             },
             RuleConfig::default(),
             RuleConfig {
@@ -395,6 +403,7 @@ mod tests {
                 ports: v.ports.map(|l| l.iter().collect()),
                 sources: v.sources.map(|l| l.iter().map(str::to_owned).collect()),
                 protocols: v.protocols.map(|l| l.iter().map(str::to_owned).collect()),
+                mode: v.mode.map(str::to_owned),
             })
             .collect();
         assert_eq!(back, rules);

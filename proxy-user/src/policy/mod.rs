@@ -11,253 +11,27 @@
 //! guard, and a rule's name is read only when the decision is displayed.
 
 mod cidr;
+mod decision;
 mod guard;
 mod huge_pages;
+mod packed_name;
 mod pattern;
 mod rule;
 mod trie;
 
 use std::fmt;
-use std::net::IpAddr;
-use std::str::FromStr;
 
 pub use cidr::{Cidr, CidrError};
+pub use decision::{Decision, Fqdn, Query, Reason, RuleName};
 use guard::Guard;
+use packed_name::PackedName;
 pub use pattern::{Pattern, PatternError};
 pub use rule::{Conditions, PolicyError, Rule, RuleProblem, RuleRef};
 use trie::{Candidate, MAX_RULES, NameTrie, Slot};
 
-use crate::config::{DenyWith, PolicyConfig};
-use crate::names::{self, NameError, Normal};
-use crate::tls::Protocol;
-
-/// What to do with a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Connect to the server and relay.
-    Allow,
-    /// Refuse the connection.
-    Deny,
-}
-
-impl Action {
-    /// The config and JSON spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Action::Allow => "allow",
-            Action::Deny => "deny",
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl FromStr for Action {
-    type Err = ();
-
-    fn from_str(s: &str) -> Result<Self, ()> {
-        match s {
-            "allow" => Ok(Action::Allow),
-            "deny" => Ok(Action::Deny),
-            _ => Err(()),
-        }
-    }
-}
-
-/// What is known about a connection when it is decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Query<'a> {
-    /// The server name as sent (SNI, CONNECT host), not yet normalised; `None` if unknown.
-    pub fqdn: Option<&'a str>,
-    /// The client's address.
-    pub source: Option<IpAddr>,
-    /// The destination port.
-    pub port: Option<u16>,
-    /// What the client's first bytes looked like.
-    pub protocol: Protocol,
-}
-
-/// Why a decision came out the way it did. `Display` (and JSON) is a stable token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// A rule matched.
-    Rule,
-    /// No rule matched the name; the policy default applied.
-    Default,
-    /// There was no name and no name-less rule matched; `no_sni` applied.
-    NoSni,
-    /// The name is invalid, so the connection is denied.
-    InvalidName(NameError),
-}
-
-impl fmt::Display for Reason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Reason::Rule => f.write_str("rule"),
-            Reason::Default => f.write_str("default"),
-            Reason::NoSni => f.write_str("no_sni"),
-            Reason::InvalidName(why) => write!(f, "invalid_name: {why}"),
-        }
-    }
-}
-
-impl serde::Serialize for Reason {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-/// A policy decision, as `sockgate decide` prints it. Making one allocates nothing: it
-/// borrows the policy (for the rule's name) and the query (for an invalid name).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Decision<'a> {
-    /// Allow or deny.
-    pub action: Action,
-    /// The matching rule; `None` without a match.
-    pub rule: Option<RuleName<'a>>,
-    /// The normalised name; the name as given if it is invalid; `None` without a name.
-    pub fqdn: Option<Fqdn<'a>>,
-    /// Why.
-    pub reason: Reason,
-}
-
-/// The rule a decision matched. Displays (and serialises) as the rule's name, or `#N` for
-/// an unnamed rule; the name is read only then, not while deciding.
-#[derive(Clone, Copy)]
-pub struct RuleName<'a> {
-    /// The policy the rule is in.
-    policy: &'a Policy,
-    /// The rule's index.
-    index: u32,
-}
-
-impl RuleName<'_> {
-    /// The rule's index, from 0, in file order.
-    pub fn index(&self) -> usize {
-        self.index as usize
-    }
-}
-
-impl fmt::Display for RuleName<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.policy.rules[self.index()].name(&self.policy.names) {
-            "" => write!(f, "#{}", self.index + 1),
-            name => f.write_str(name),
-        }
-    }
-}
-
-impl fmt::Debug for RuleName<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.to_string(), f)
-    }
-}
-
-impl PartialEq for RuleName<'_> {
-    fn eq(&self, other: &Self) -> bool {
-        std::ptr::eq(self.policy, other.policy) && self.index == other.index
-    }
-}
-
-impl Eq for RuleName<'_> {}
-
-impl serde::Serialize for RuleName<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-/// The name a decision was made on. Derefs (and serialises) to the name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[expect(
-    clippy::large_enum_variant,
-    reason = "the name is inline so that deciding allocates nothing; boxing it would not"
-)]
-pub enum Fqdn<'a> {
-    /// The normalised name.
-    Normal(Normal<'a>),
-    /// An invalid name, as given.
-    Invalid(&'a str),
-}
-
-impl std::ops::Deref for Fqdn<'_> {
-    type Target = str;
-
-    fn deref(&self) -> &str {
-        match self {
-            Fqdn::Normal(name) => name,
-            Fqdn::Invalid(name) => name,
-        }
-    }
-}
-
-impl fmt::Display for Fqdn<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self)
-    }
-}
-
-impl serde::Serialize for Fqdn<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(self)
-    }
-}
-
-/// A compiled rule's name, in one aligned 16-byte record: short names (most of them) sit
-/// inside it, longer ones in `Policy::names`. Deciding does not read it; displaying a
-/// decision's rule does.
-#[derive(Debug, Clone, Copy)]
-#[repr(C, align(16))]
-struct Compiled {
-    /// The name's length if it is inline (at most `INLINE_NAME`), else `LONG_NAME`.
-    name_len: u8,
-    /// The name's bytes if inline; else its start and length in `Policy::names`, as two
-    /// little-endian u32s.
-    name: [u8; INLINE_NAME],
-}
-
-/// The longest rule name kept inside its record.
-const INLINE_NAME: usize = 15;
-/// `Compiled::name_len` of a name kept in `Policy::names`.
-const LONG_NAME: u8 = u8::MAX;
-
-impl Compiled {
-    fn new(name: &str, names: &mut String) -> Compiled {
-        let mut rule = Compiled {
-            name_len: LONG_NAME,
-            name: [0; INLINE_NAME],
-        };
-        if name.len() <= INLINE_NAME {
-            rule.name[..name.len()].copy_from_slice(name.as_bytes());
-            rule.name_len = name.len() as u8;
-        } else {
-            let start = u32::try_from(names.len()).expect("rule names below 4 GiB");
-            let len = u32::try_from(name.len()).expect("rule names below 4 GiB");
-            names.push_str(name);
-            rule.name[..4].copy_from_slice(&start.to_le_bytes());
-            rule.name[4..8].copy_from_slice(&len.to_le_bytes());
-        }
-        rule
-    }
-
-    /// The name, empty for an unnamed rule.
-    fn name<'a>(&'a self, names: &'a str) -> &'a str {
-        if self.name_len == LONG_NAME {
-            let word = |i: usize| {
-                u32::from_le_bytes(self.name[i..i + 4].try_into().expect("4 bytes")) as usize
-            };
-            &names[word(0)..word(0) + word(4)]
-        } else {
-            std::str::from_utf8(&self.name[..usize::from(self.name_len)])
-                .expect("a whole name was copied in")
-        }
-    }
-}
+pub use crate::config::Action;
+use crate::config::{DenyWith, PolicyConfig, PolicyMode};
+use crate::names;
 
 /// A compiled policy, ready for [`Policy::decide`]. Cheap to share behind an `Arc`.
 pub struct Policy {
@@ -267,14 +41,19 @@ pub struct Policy {
     no_sni: Action,
     /// How a denied TLS connection is refused.
     deny_with: DenyWith,
+    /// The mode of the default and `no_sni` answers, and of rules without their own.
+    mode: PolicyMode,
+    /// The rules whose effective mode is audit, as a bit set by rule index; empty when
+    /// none is, so an enforcing policy pays nothing for it.
+    audited: Vec<u64>,
     /// Every rule's name, in file order.
-    rules: Vec<Compiled>,
+    rule_names: Vec<PackedName>,
     /// The guards of the rules with conditions, in file order.
     guards: Vec<Guard>,
     /// Conditions too big for their guard.
     apart: Vec<Conditions>,
     /// Rule names longer than `INLINE_NAME`, back to back.
-    names: String,
+    long_names: String,
     /// Rules with patterns, by name.
     trie: NameTrie,
     /// Rules without an `fqdn` field, which match any name and no name.
@@ -287,7 +66,7 @@ impl fmt::Debug for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Policy")
             .field("default", &self.default)
-            .field("rules", &self.rules.len())
+            .field("rules", &self.rule_names.len())
             .field("trie_nodes", &self.trie.node_count())
             .finish_non_exhaustive()
     }
@@ -296,17 +75,18 @@ impl fmt::Debug for Policy {
 impl Policy {
     /// Checks every rule and builds the index. The rules are checked one at a time and not
     /// kept, so compiling a large policy needs little memory beyond the result.
-    ///
     pub fn compile(config: &PolicyConfig) -> Result<Policy, PolicyError> {
         check_names(config)?;
         let mut policy = Policy {
             default: config.default,
             no_sni: config.no_sni,
             deny_with: config.deny_with,
-            rules: Vec::with_capacity(config.rules.len()),
+            mode: config.mode,
+            audited: Vec::new(),
+            rule_names: Vec::with_capacity(config.rules.len()),
             guards: Vec::new(),
             apart: Vec::new(),
-            names: String::new(),
+            long_names: String::new(),
             // Most rules add one node: sizing for them up front saves growing the table.
             trie: NameTrie::with_capacity(config.rules.len()),
             any_name: Vec::new(),
@@ -325,6 +105,9 @@ impl Policy {
             }
             let rule = Rule::parse(index, rule_config)?;
             let id = u32::try_from(index).expect("checked against MAX_RULES");
+            if rule.mode.unwrap_or(config.mode) == PolicyMode::Audit {
+                policy.audit(index);
+            }
             let candidate = if rule.conditions.is_empty() {
                 Candidate::Unconditional {
                     rule: id,
@@ -351,9 +134,9 @@ impl Policy {
             if rule.patterns.is_none() {
                 policy.any_name.push(candidate);
             }
-            policy.rules.push(Compiled::new(
+            policy.rule_names.push(PackedName::new(
                 rule_config.name.unwrap_or_default(),
-                &mut policy.names,
+                &mut policy.long_names,
             ));
             match rule.action {
                 Action::Allow => policy.counts.0 += 1,
@@ -361,8 +144,8 @@ impl Policy {
             }
         }
         policy.trie.shrink_to_fit();
-        policy.names.shrink_to_fit();
-        policy.rules = huge_pages::copy(&policy.rules);
+        policy.long_names.shrink_to_fit();
+        policy.rule_names = huge_pages::copy(&policy.rule_names);
         policy.guards = huge_pages::copy(&policy.guards);
         Ok(policy)
     }
@@ -377,6 +160,7 @@ impl Policy {
                     rule: None,
                     fqdn: None,
                     reason: Reason::NoSni,
+                    mode: self.mode,
                 },
             };
         };
@@ -388,6 +172,7 @@ impl Policy {
                     rule: None,
                     fqdn: Some(Fqdn::Invalid(given)),
                     reason: Reason::InvalidName(why),
+                    mode: self.mode,
                 };
             }
         };
@@ -398,6 +183,7 @@ impl Policy {
                 rule: None,
                 fqdn: Some(Fqdn::Normal(name)),
                 reason: Reason::Default,
+                mode: self.mode,
             },
         }
     }
@@ -414,7 +200,7 @@ impl Policy {
 
     /// The number of rules.
     pub fn rule_count(&self) -> usize {
-        self.rules.len()
+        self.rule_names.len()
     }
 
     /// How many rules allow and how many deny.
@@ -444,6 +230,25 @@ impl Policy {
             }),
             fqdn,
             reason: Reason::Rule,
+            mode: self.rule_mode(rule),
+        }
+    }
+
+    /// Marks rule `index` as audited.
+    fn audit(&mut self, index: usize) {
+        let word = index / 64;
+        if self.audited.len() <= word {
+            self.audited.resize(word + 1, 0);
+        }
+        self.audited[word] |= 1 << (index % 64);
+    }
+
+    /// The effective mode of rule `index`.
+    fn rule_mode(&self, index: u32) -> PolicyMode {
+        let (word, bit) = (index as usize / 64, index % 64);
+        match self.audited.get(word) {
+            Some(w) if w & (1 << bit) != 0 => PolicyMode::Audit,
+            _ => PolicyMode::Enforce,
         }
     }
 
@@ -490,15 +295,6 @@ impl Policy {
             }
         }
     }
-}
-
-/// Checks every rule without building the index (what `sockgate check` needs).
-pub fn validate(config: &PolicyConfig) -> Result<(), PolicyError> {
-    check_names(config)?;
-    for (index, rule) in config.rules.iter().enumerate() {
-        Rule::parse(index, rule)?;
-    }
-    Ok(())
 }
 
 /// Refuses two rules with the same name. Sorting borrowed names needs one allocation,

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use super::Action;
 use super::cidr::{Cidr, CidrError};
 use super::pattern::{Pattern, PatternError};
-use crate::config::RuleView;
+use crate::config::{PolicyMode, RuleView};
 use crate::tls::{Protocol, UnknownProtocol};
 
 /// Which rule an error or a decision is about: its position in the file, and its name.
@@ -33,7 +33,7 @@ impl fmt::Display for RuleRef {
 pub struct PolicyError {
     /// The rule.
     pub rule: RuleRef,
-    /// The config field (`name`, `action`, `fqdn`, `ports`, `sources`, `protocols`).
+    /// The config field (`name`, `action`, `fqdn`, `ports`, `sources`, `protocols`, `mode`).
     pub field: &'static str,
     /// What is wrong with it.
     pub problem: RuleProblem,
@@ -57,6 +57,9 @@ pub enum RuleProblem {
     /// An action other than allow or deny.
     #[error("unknown action `{0}` (expected allow or deny)")]
     UnknownAction(String),
+    /// A mode other than enforce or audit.
+    #[error("unknown mode `{0}` (expected enforce or audit)")]
+    UnknownMode(String),
     /// A bad FQDN pattern.
     #[error("bad pattern `{pattern}`: {why}")]
     BadPattern {
@@ -134,6 +137,8 @@ pub struct Rule {
     pub patterns: Option<Vec<Pattern>>,
     /// The other conditions.
     pub conditions: Conditions,
+    /// Its own mode; `None` takes the policy's.
+    pub mode: Option<PolicyMode>,
 }
 
 impl Rule {
@@ -156,6 +161,13 @@ impl Rule {
                 .parse()
                 .map_err(|_| fail("action", RuleProblem::UnknownAction(a.to_owned())))?,
         };
+        let mode = config
+            .mode
+            .map(|m| {
+                m.parse()
+                    .map_err(|_| fail("mode", RuleProblem::UnknownMode(m.to_owned())))
+            })
+            .transpose()?;
         for (field, empty) in [
             ("fqdn", config.fqdn.is_some_and(|l| l.is_empty())),
             ("ports", config.ports.is_some_and(|l| l.is_empty())),
@@ -238,6 +250,7 @@ impl Rule {
                 sources,
                 protocols,
             },
+            mode,
         })
     }
 }

@@ -2,6 +2,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::config::RuleConfig;
+use crate::names::NameError;
+use crate::tls::Protocol;
 
 fn rule(name: &str, action: &str, fqdn: &[&str]) -> RuleConfig {
     RuleConfig {
@@ -271,6 +273,7 @@ fn arb_rule() -> impl Strategy<Value = RuleConfig> {
             ports,
             sources: sources.map(|l| l.into_iter().map(str::to_owned).collect()),
             protocols: protocols.map(|l| l.into_iter().map(str::to_owned).collect()),
+            mode: None,
         })
 }
 
@@ -325,4 +328,70 @@ fn short_and_long_rule_names_come_back_whole() {
     assert_eq!(name("e.test").as_deref(), Some("ünïcödé-näme"));
     // The longest name kept inside the rule's record.
     assert_eq!(name("f.test").as_deref(), Some("fifteen-chars!!"));
+}
+
+#[test]
+fn audit_mode_marks_denials_unenforced() {
+    let audited = |mode: Option<&str>| RuleConfig {
+        mode: mode.map(str::to_owned),
+        ..rule("trial", "deny", &["trial.test"])
+    };
+    let rules = || {
+        vec![
+            audited(Some("audit")),
+            rule("blocked", "deny", &["blocked.test"]),
+            rule("open", "allow", &["open.test"]),
+        ]
+    };
+    // A per-rule audit next to enforcing rules.
+    let p = policy(rules());
+    let trial = p.decide(&tls("trial.test"));
+    assert_eq!(
+        (trial.action, trial.mode),
+        (Action::Deny, PolicyMode::Audit)
+    );
+    assert!(!trial.enforced());
+    assert!(p.decide(&tls("blocked.test")).enforced());
+    assert!(
+        p.decide(&tls("other.test")).enforced(),
+        "the default enforces"
+    );
+    // The whole policy in audit: rules without a mode and the default follow it; a rule
+    // that says enforce keeps enforcing; an invalid name is refused whatever the mode.
+    let mut list = rules();
+    list[1].mode = Some("enforce".into());
+    let p = Policy::compile(&PolicyConfig {
+        mode: PolicyMode::Audit,
+        rules: list.into(),
+        ..PolicyConfig::default()
+    })
+    .unwrap();
+    assert!(!p.decide(&tls("trial.test")).enforced());
+    assert!(p.decide(&tls("blocked.test")).enforced());
+    let default = p.decide(&tls("other.test"));
+    assert_eq!(
+        (default.reason, default.enforced()),
+        (Reason::Default, false)
+    );
+    assert!(p.decide(&tls("open.test")).enforced());
+    let invalid = p.decide(&tls("bad..name"));
+    assert_eq!(invalid.mode, PolicyMode::Audit);
+    assert!(invalid.enforced(), "{invalid:?}");
+}
+
+#[test]
+fn an_unknown_mode_names_the_rule_and_field() {
+    let err = Policy::compile(&PolicyConfig {
+        rules: vec![RuleConfig {
+            mode: Some("log".into()),
+            ..rule("r", "deny", &["a.test"])
+        }]
+        .into(),
+        ..PolicyConfig::default()
+    })
+    .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "rule #1 (\"r\"): field `mode`: unknown mode `log` (expected enforce or audit)"
+    );
 }

@@ -1,5 +1,6 @@
-//! Step 4: the policy on what is known. An allowed connection goes on as [`Admitted`]; a
-//! denied one ends with [`Refusal::Policy`]. The last decision asked is the one logged.
+//! Step 4: the policy on what is known. An allowed connection goes on as [`Admitted`], and
+//! so does a denied one whose mode is audit; an enforced deny ends with
+//! [`Refusal::Policy`]. The last decision asked is the one logged.
 
 use std::net::IpAddr;
 
@@ -10,10 +11,20 @@ use crate::{
     tls::Protocol,
 };
 
-/// The policy allowed the connection, for this reason.
+/// The policy let the connection through.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Admitted {
+    /// The policy's answer: a deny here was not enforced.
+    pub action: Action,
+    /// Why it answered so.
     pub reason: Reason,
+}
+
+impl Admitted {
+    /// Whether the policy's answer was carried out (false: a deny in audit mode).
+    pub fn enforced(&self) -> bool {
+        self.action == Action::Allow
+    }
 }
 
 /// Decides on `fqdn` (or its absence) at `port` for a client speaking `protocol`.
@@ -66,10 +77,11 @@ fn enforce(line: &mut events::Decision, decision: Decision<'_>) -> Result<Admitt
         line.fqdn = Some(fqdn.to_string());
     }
     line.rule = decision.rule.map(|rule| rule.to_string());
-    match decision.action {
-        Action::Allow => Ok(Admitted {
-            reason: decision.reason,
-        }),
-        Action::Deny => Err(Refusal::Policy(decision.reason)),
+    if decision.enforced() && decision.action == Action::Deny {
+        return Err(Refusal::Policy(decision.reason));
     }
+    Ok(Admitted {
+        action: decision.action,
+        reason: decision.reason,
+    })
 }

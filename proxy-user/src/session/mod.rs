@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use context::{Context, ListenerInfo, Live};
+pub use context::{Context, ListenerInfo};
 use handshake::{Refused, Relayable};
 pub use refusal::{ClientFault, Ending, Refusal, UpstreamFault};
 use tokio::net::TcpStream;
@@ -114,7 +114,8 @@ async fn admit(
             request_head,
             admitted,
         }) => {
-            line.action = Action::Allow;
+            line.action = admitted.action;
+            line.enforced = admitted.enforced();
             line.reason = admitted.reason.to_string();
             events::decision(&line);
             Some((client, upstream, request_head))
