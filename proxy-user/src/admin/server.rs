@@ -1,12 +1,12 @@
 //! The admin endpoint: HTTP/1.1 on hyper, GET only.
 //!
 //! It is unauthenticated (as Envoy's admin is), so it binds to loopback unless told
-//! otherwise, and bounds what a client can make it hold: a request head of
+//! otherwise (`[admin] allow_remote`), and bounds what a client can make it hold: a request head of
 //! [`MAX_HEAD`] (431 past it), [`HEADER_READ_TIMEOUT`] to send one, and
 //! [`MAX_CONNECTIONS`] at once (more are closed at accept), so idle clients can neither
 //! grow its memory nor take the descriptors the proxy's listeners need.
 
-use std::{convert::Infallible, io, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use http_body_util::Full;
 use hyper::{
@@ -30,31 +30,8 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head served; hyper answers 431 past it.
 pub const MAX_HEAD: usize = 16 << 10;
 
-/// Why the admin endpoint did not start.
-#[derive(Debug, thiserror::Error)]
-pub enum ServeError {
-    /// A non-loopback address without `allow_remote`.
-    #[error(
-        "[admin] address {0} is not a loopback address; the admin endpoint has no \
-         authentication, so set allow_remote = true to serve it there"
-    )]
-    Remote(SocketAddr),
-    /// The address could not be bound.
-    #[error("[admin] binding {0}: {1}")]
-    Bind(SocketAddr, #[source] io::Error),
-}
-
-/// Binds the admin address, refusing a non-loopback one unless `allow_remote`.
-pub async fn bind(address: SocketAddr, allow_remote: bool) -> Result<TcpListener, ServeError> {
-    if !address.ip().is_loopback() && !allow_remote {
-        return Err(ServeError::Remote(address));
-    }
-    TcpListener::bind(address)
-        .await
-        .map_err(|e| ServeError::Bind(address, e))
-}
-
-/// Serves `admin` on `listener` until the task is dropped.
+/// Serves `admin` on `listener` until the task is dropped. `[admin]`'s validation has
+/// refused a non-loopback address without `allow_remote`.
 pub async fn serve(listener: TcpListener, admin: Arc<Admin>) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut http = http1::Builder::new();
@@ -151,11 +128,13 @@ mod tests {
         net::TcpStream,
     };
 
+    use std::net::SocketAddr;
+
     use super::*;
 
     /// A server on an ephemeral loopback port.
     async fn start(admin: Arc<Admin>) -> SocketAddr {
-        let listener = bind("127.0.0.1:0".parse().unwrap(), false).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(serve(listener, admin));
         addr
@@ -248,14 +227,5 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    }
-
-    #[tokio::test]
-    async fn a_remote_address_needs_allow_remote() {
-        let addr: SocketAddr = "0.0.0.0:0".parse().unwrap();
-        let err = bind(addr, false).await.unwrap_err();
-        assert!(matches!(err, ServeError::Remote(_)), "{err}");
-        assert!(err.to_string().contains("allow_remote = true"));
-        assert!(bind(addr, true).await.is_ok());
     }
 }

@@ -9,7 +9,10 @@ use hyper::{Request, StatusCode, body::Bytes, header::HOST};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use crate::admin::{ConfigReport, connections::Row, status};
+use crate::{
+    admin::{ConfigReport, connections::Row, status},
+    config::AdminConfig,
+};
 
 /// Where `status` looks without `--admin` or an `[admin]` in `-c FILE`.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
@@ -66,20 +69,16 @@ fn address(args: &Args) -> anyhow::Result<SocketAddr> {
     Ok(DEFAULT_ADMIN.parse()?)
 }
 
-/// The `[admin] address` of a config's text, when it has one. Only that key is read, so
+/// The `[admin] address` of a config's text, when it has one. Only `[admin]` is read, so
 /// the status of an agent still shows while its file has an error elsewhere.
 fn admin_address(text: &str) -> anyhow::Result<Option<SocketAddr>> {
-    let table: toml::Table = text.parse()?;
-    let Some(address) = table.get("admin").and_then(|a| a.get("address")) else {
-        return Ok(None);
-    };
-    let address = address
-        .as_str()
-        .context("[admin] address: expected a string")?;
-    let addr = address
-        .parse()
-        .with_context(|| format!("[admin] address: {address:?} is not an ip:port"))?;
-    Ok(Some(addr))
+    /// The config's `[admin]`, the rest ignored.
+    #[derive(serde::Deserialize)]
+    struct Only {
+        admin: Option<AdminConfig>,
+    }
+    let only: Only = toml::from_str(text)?;
+    Ok(only.admin.map(|a| a.address))
 }
 
 /// One GET to the admin endpoint; its body when the answer is 200.
@@ -128,7 +127,10 @@ mod tests {
         );
         assert_eq!(admin_address("[limits]\n").unwrap(), None);
         let err = admin_address("[admin]\naddress = \"localhost\"\n").unwrap_err();
-        assert!(format!("{err:#}").contains("not an ip:port"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("invalid socket address"),
+            "{err:#}"
+        );
         let args = Args {
             admin: None,
             json: false,
