@@ -33,7 +33,7 @@ use prometheus_client::{
 use super::connections::Connections;
 use crate::{
     datapath::{End, Path},
-    policy::Action,
+    events::Decision,
 };
 
 /// The `Content-Type` of [`Metrics::encode`]'s text.
@@ -122,6 +122,8 @@ pub fn reason_token(reason: &str) -> &str {
 struct DecisionLabels {
     listener: Arc<str>,
     action: &'static str,
+    /// `false` for a denial audit mode relayed anyway.
+    enforced: &'static str,
     reason: String,
 }
 
@@ -195,7 +197,8 @@ impl Metrics {
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "sockgate_connections",
-            "Connections decided, by the policy's action and the decision line's reason token",
+            "Connections decided, by the policy's action, whether it was enforced, and the \
+             decision line's reason token",
             decisions.clone(),
         );
         registry.register_collector(Box::new(Table(connections)));
@@ -275,18 +278,13 @@ impl Metrics {
         }
     }
 
-    /// A decision: `sockgate_connections_total` and `sockgate_handshake_seconds`.
-    pub fn decided(
-        &self,
-        listener: &ListenerMetrics,
-        action: Action,
-        reason: &str,
-        took: Duration,
-    ) {
+    /// A decision line: `sockgate_connections_total` and `sockgate_handshake_seconds`.
+    pub fn decided(&self, listener: &ListenerMetrics, line: &Decision, took: Duration) {
         let labels = DecisionLabels {
             listener: Arc::clone(&listener.name),
-            action: action.as_str(),
-            reason: reason_token(reason).to_owned(),
+            action: line.action.as_str(),
+            enforced: if line.enforced { "true" } else { "false" },
+            reason: reason_token(&line.reason).to_owned(),
         };
         self.decisions.get_or_create(&labels).inc();
         listener.handshake.observe(took);
@@ -447,12 +445,13 @@ mod tests {
             "127.0.0.1:4000".parse().unwrap(),
         );
         let took = Duration::from_millis(3);
-        metrics.decided(
-            &proxy,
-            Action::Deny,
-            "client_hello_malformed: bad_hello",
-            took,
-        );
+        let mut line = Decision::new(1, "proxy", "127.0.0.1:4000".parse().unwrap());
+        line.reason = "client_hello_malformed: bad_hello".into();
+        metrics.decided(&proxy, &line, took);
+        // Audit mode: a denial relayed anyway.
+        line.enforced = false;
+        line.reason = "rule".into();
+        metrics.decided(&proxy, &line, took);
         metrics.upstream_connected(Duration::from_micros(80));
         metrics.closed(End::Rst, 12);
         metrics.reloaded(true, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
@@ -479,10 +478,13 @@ mod tests {
             assert_eq!(type_of(&text, name), Some(kind), "{name} in\n{text}");
         }
         let one = |name, labels| assert_eq!(samples(&text, name), [(labels, 1.0)], "{text}");
-        one(
-            "sockgate_connections_total",
-            r#"listener="proxy",action="deny",reason="client_hello_malformed""#,
-        );
+        let decided = samples(&text, "sockgate_connections_total");
+        let enforced =
+            r#"listener="proxy",action="deny",enforced="true",reason="client_hello_malformed""#;
+        let audited = r#"listener="proxy",action="deny",enforced="false",reason="rule""#;
+        assert!(decided.contains(&(enforced, 1.0)), "{decided:?}");
+        assert!(decided.contains(&(audited, 1.0)), "{decided:?}");
+        assert_eq!(decided.len(), 2, "{decided:?}");
         one(
             "sockgate_connections_open",
             r#"listener="proxy",state="handshake",datapath="none""#,
@@ -496,7 +498,10 @@ mod tests {
             ),
         );
         one("sockgate_config_last_reload_successful", "");
-        one("sockgate_handshake_seconds_count", r#"listener="proxy""#);
+        assert_eq!(
+            samples(&text, "sockgate_handshake_seconds_count"),
+            [(r#"listener="proxy""#, 2.0)]
+        );
         assert_eq!(
             samples(&text, "sockgate_upstream_connect_seconds_count"),
             [("", 1.0)]

@@ -33,7 +33,6 @@ use sha2::{Digest as _, Sha256};
 use crate::{
     datapath::{End, Path},
     events,
-    policy::Action,
 };
 
 /// Whether the agent takes connections: `GET /readyz`.
@@ -163,15 +162,9 @@ impl Admin {
             .open(conn, Arc::clone(&listener.name), client);
     }
 
-    /// A connection's decision, `took` after its accept.
-    pub fn decided(
-        &self,
-        listener: &ListenerMetrics,
-        action: Action,
-        reason: &str,
-        took: Duration,
-    ) {
-        self.metrics.decided(listener, action, reason, took);
+    /// A connection's decision line, written `took` after its accept.
+    pub fn decided(&self, listener: &ListenerMetrics, line: &events::Decision, took: Duration) {
+        self.metrics.decided(listener, line, took);
     }
 
     /// A connect to a server, successful or not.
