@@ -95,6 +95,8 @@ pub struct Route {
 struct Relay {
     path: Path,
     live: Arc<dyn LiveBytes>,
+    /// Bytes up not counted: the CONNECT request, which the close line leaves out too.
+    head: u64,
 }
 
 /// One open connection. Every relayed connection holds one for as long as it lasts, so it
@@ -115,7 +117,9 @@ impl Entry {
     /// The byte counts now, never lower than the last shown.
     fn bytes(&mut self) -> Bytes {
         if let Some(relay) = &self.relay {
-            self.seen = self.seen.max(relay.live.read());
+            let mut live = relay.live.read();
+            live.up = live.up.saturating_sub(relay.head);
+            self.seen = self.seen.max(live);
         }
         self.seen
     }
@@ -221,11 +225,19 @@ impl Connections {
         self.shard(conn).open.insert(conn, entry);
     }
 
-    /// Marks a connection handed to the datapath on `path`; `live` reads its bytes.
-    pub fn relaying(&self, conn: u64, route: Route, path: Path, live: Arc<dyn LiveBytes>) {
+    /// Marks a connection handed to the datapath on `path`; `live` reads its bytes, of
+    /// which the first `head` up are not counted.
+    pub fn relaying(
+        &self,
+        conn: u64,
+        route: Route,
+        path: Path,
+        live: Arc<dyn LiveBytes>,
+        head: u64,
+    ) {
         if let Some(entry) = self.shard(conn).open.get_mut(&conn) {
             entry.route = Some(Box::new(route));
-            entry.relay = Some(Relay { path, live });
+            entry.relay = Some(Relay { path, live, head });
         }
     }
 
@@ -250,12 +262,6 @@ impl Connections {
                 bytes,
             }),
         }
-    }
-
-    /// Removes a connection without counting its bytes: for a session that ended without
-    /// its close (a panic), so the table does not leak.
-    pub fn forget(&self, conn: u64) {
-        self.shard(conn).open.remove(&conn);
     }
 
     /// Counts the open connections and sums the bytes, reading open ones' live counts.
@@ -365,7 +371,7 @@ mod tests {
             up: read.load(Relaxed),
             down: 1,
         };
-        table.relaying(conn, route, Path::Sockmap, Arc::new(live));
+        table.relaying(conn, route, Path::Sockmap, Arc::new(live), 0);
         up
     }
 
@@ -415,13 +421,10 @@ mod tests {
         assert_eq!(row.fqdn.as_deref(), Some("example.com"));
         assert_eq!(row.datapath.as_deref(), Some("sockmap"));
         assert_eq!((row.bytes_up, row.bytes_down), (5, 1));
-        table.close(7, None, Bytes::default());
-        table.forget(8);
+        table.close(7, None, Bytes { up: 517, down: 7 });
+        table.close(8, Some(Path::Sockmap), Bytes { up: 5, down: 1 });
         assert!(table.rows().is_empty());
-        // A refused connection's bytes count under no path; a forgotten one's not at all.
-        assert_eq!(
-            bytes_of(&table.tally(), Some(Path::Sockmap)),
-            Bytes::default()
-        );
+        // A refused connection's bytes count under no path.
+        assert_eq!(bytes_of(&table.tally(), None), Bytes { up: 517, down: 7 });
     }
 }

@@ -211,7 +211,7 @@ impl Metrics {
         let upstream_connect = Timing::default();
         registry.register(
             "sockgate_upstream_connect_seconds",
-            "Time to connect to the server, resolution included",
+            "Time to connect to the server, successful or not (its name already resolved)",
             upstream_connect.clone(),
         );
         let ends = Family::<EndLabels, Counter>::default();
@@ -546,7 +546,7 @@ mod tests {
             fqdn: Some("example.com".into()),
             ..Route::default()
         };
-        table.relaying(1, route, Path::Sockmap, Arc::new(live));
+        table.relaying(1, route, Path::Sockmap, Arc::new(live), 0);
         let up = r#"listener="proxy",direction="up",datapath="sockmap""#;
         let down = r#"listener="proxy",direction="down",datapath="sockmap""#;
         let before = metrics.encode();

@@ -16,6 +16,7 @@ pub mod server;
 pub mod status;
 
 use std::{
+    fmt,
     net::SocketAddr,
     path::Path as FsPath,
     sync::{
@@ -30,10 +31,7 @@ use metrics::{ListenerMetrics, MapEntries, Metrics};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use crate::{
-    datapath::{End, Path},
-    events,
-};
+use crate::{datapath::Path, events};
 
 /// Whether the agent takes connections: `GET /readyz`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,42 +149,13 @@ impl Admin {
         self.metrics.reloaded(false, now);
     }
 
-    /// The handles of listener `name`, taken when it starts.
-    pub fn listener(&self, name: &str) -> ListenerMetrics {
-        self.metrics.listener(name)
-    }
-
-    /// A connection accepted by `listener`.
-    pub fn opened(&self, conn: u64, listener: &ListenerMetrics, client: SocketAddr) {
-        self.connections
-            .open(conn, Arc::clone(&listener.name), client);
-    }
-
-    /// A connection's decision line, written `took` after its accept.
-    pub fn decided(&self, listener: &ListenerMetrics, line: &events::Decision, took: Duration) {
-        self.metrics.decided(listener, line, took);
-    }
-
-    /// A connect to a server, successful or not.
-    pub fn upstream_connected(&self, took: Duration) {
-        self.metrics.upstream_connected(took);
-    }
-
-    /// A connection handed to the datapath on `path`; `live` reads its bytes so far.
-    pub fn relaying(&self, conn: u64, route: Route, path: Path, live: Arc<dyn LiveBytes>) {
-        self.connections.relaying(conn, route, path, live);
-    }
-
-    /// A connection's close line: its end, the path that carried it (`None` when it was
-    /// never relayed), its bytes, and the repeated bytes the verdict cut.
-    pub fn closed(&self, conn: u64, end: End, path: Option<Path>, bytes: Bytes, repeats_cut: u64) {
-        self.connections.close(conn, path, bytes);
-        self.metrics.closed(end, repeats_cut);
-    }
-
-    /// A connection that ended without its close line (its session panicked).
-    pub fn forget(&self, conn: u64) {
-        self.connections.forget(conn);
+    /// What the sessions of listener `name` report through; taken when it starts (again
+    /// by a reload that restarts it, with the same metrics).
+    pub fn reporter(self: &Arc<Self>, name: &str) -> Reporter {
+        Reporter {
+            admin: Arc::clone(self),
+            listener: self.metrics.listener(name),
+        }
     }
 
     /// `GET /metrics`.
@@ -202,6 +171,66 @@ impl Admin {
     /// `GET /config`.
     pub fn config(&self) -> ConfigReport {
         lock(&self.config).clone()
+    }
+}
+
+/// A listener's handle on the admin state: each connection reports its accept, decision,
+/// upstream connect, handoff and close through it. Each is a few atomic increments, and
+/// the accept, handoff and close one lock each of a sharded table.
+#[derive(Clone)]
+pub struct Reporter {
+    admin: Arc<Admin>,
+    listener: ListenerMetrics,
+}
+
+impl fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Reporter({})", self.listener.name)
+    }
+}
+
+impl Reporter {
+    /// A connection accepted from `client`.
+    pub fn opened(&self, conn: u64, client: SocketAddr) {
+        let listener = Arc::clone(&self.listener.name);
+        self.admin.connections.open(conn, listener, client);
+    }
+
+    /// A connection's decision line, written `took` after its accept.
+    pub fn decided(&self, line: &events::Decision, took: Duration) {
+        self.admin.metrics.decided(&self.listener, line, took);
+    }
+
+    /// A connect to a server, successful or not.
+    pub fn upstream_connected(&self, took: Duration) {
+        self.admin.metrics.upstream_connected(took);
+    }
+
+    /// A connection handed to the datapath on `path`. `live` reads its bytes so far, of
+    /// which the first `head` sent up (a CONNECT request) are not counted, as in the close
+    /// line.
+    pub fn relaying(
+        &self,
+        conn: u64,
+        route: Route,
+        path: Path,
+        live: Arc<dyn LiveBytes>,
+        head: u64,
+    ) {
+        self.admin
+            .connections
+            .relaying(conn, route, path, live, head);
+    }
+
+    /// A connection's close line.
+    pub fn closed(&self, close: &events::Close) {
+        let bytes = Bytes {
+            up: close.bytes_up,
+            down: close.bytes_down,
+        };
+        let admin = &self.admin;
+        admin.connections.close(close.conn, close.datapath, bytes);
+        admin.metrics.closed(close.end, close.repeats_cut);
     }
 }
 
