@@ -66,7 +66,7 @@ pub fn run(
             return;
         };
         let outcome = cx.datapath.splice(client, upstream, &mut cx.pulse).await;
-        events::close(&events::Close {
+        let line = events::Close {
             conn,
             bytes_up: outcome.bytes_up.saturating_sub(request_head),
             bytes_down: outcome.bytes_down,
@@ -74,7 +74,8 @@ pub fn run(
             datapath: Some(outcome.path),
             end: outcome.end,
             repeats_cut: outcome.repeats_cut,
-        });
+        };
+        close(&cx, &line);
         drop(open);
     }
 }
@@ -117,20 +118,20 @@ async fn admit(
             line.action = admitted.action;
             line.enforced = admitted.enforced();
             line.reason = admitted.reason.to_string();
-            events::decision(&line);
+            decision(cx, &line, started);
             Some((client, upstream, request_head))
         }
         Err(Refused { refusal, channel }) => {
             line.action = Action::Deny;
             line.reason = refusal.to_string();
-            events::decision(&line);
+            decision(cx, &line, started);
             let deny_with = cx.live.policy.deny_with();
             let signal = refuse::signal_for(&refusal, channel, line.fqdn.is_some(), deny_with);
             let bytes_up = client.bytes_read();
             log::debug!("conn {conn}: refused ({refusal}) with {signal:?}");
             // The refusal itself (a 403, an alert) counts as bytes sent to the client.
             let bytes_down = refuse::refuse(client, signal, &line.reason).await;
-            events::close(&events::Close {
+            let line = events::Close {
                 conn,
                 bytes_up,
                 bytes_down,
@@ -138,8 +139,25 @@ async fn admit(
                 datapath: None,
                 end: refuse::end_of(&refusal, signal),
                 repeats_cut: 0,
-            });
+            };
+            close(cx, &line);
             None
         }
+    }
+}
+
+/// Writes the decision line and reports it to the admin endpoint.
+fn decision(cx: &Context, line: &events::Decision, started: Instant) {
+    events::decision(line);
+    if let Some(admin) = &cx.listener.admin {
+        admin.decided(line, started.elapsed());
+    }
+}
+
+/// Writes the close line and reports it to the admin endpoint.
+fn close(cx: &Context, line: &events::Close) {
+    events::close(line);
+    if let Some(admin) = &cx.listener.admin {
+        admin.closed(line);
     }
 }
