@@ -35,6 +35,34 @@ pub enum LoadError {
     Layout(#[from] crate::kernel_layout::LayoutError),
 }
 
+impl LoadError {
+    /// The error with its root cause, which aya's `Display` leaves out (the errno).
+    pub fn with_root_cause(&self) -> String {
+        let mut root: &dyn std::error::Error = self;
+        while let Some(source) = root.source() {
+            root = source;
+        }
+        if std::ptr::addr_eq(root, self) {
+            self.to_string()
+        } else {
+            format!("{self}: {root}")
+        }
+    }
+
+    /// Whether the kernel refused for lack of capabilities: EPERM, or the verifier refusing
+    /// `bpf_probe_read_kernel` without CAP_PERFMON (EINVAL, "cannot use helper").
+    pub fn lacks_capabilities(&self) -> bool {
+        let mut root: &dyn std::error::Error = self;
+        while let Some(source) = root.source() {
+            root = source;
+        }
+        let denied = root
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.raw_os_error() == Some(libc::EPERM));
+        denied || self.with_root_cause().contains("cannot use helper")
+    }
+}
+
 /// Entry counts of the maps, for leak checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize)]
 pub struct MapCounts {

@@ -9,7 +9,8 @@
 //! - [`cli`]: the subcommands (`run`, `check`, `decide`, `doctor`, `relay`, `status`).
 //! - [`agent`]: `sockgate run`: listeners, reload and shutdown.
 //! - [`session`]: one connection's flow, from accept to close.
-//! - [`pulse`]: the lifecycle phase and idle tick the agent sends every session.
+//! - [`pulse`]: the lifecycle phase and idle tick the agent sends every session, and the
+//!   wait until a relayed connection is idle or closed.
 //! - [`connect_request`]: the CONNECT request parser.
 //! - [`upstream`]: resolving and connecting to servers.
 //! - [`events`]: the JSON decision log.
@@ -21,6 +22,12 @@
 //! - [`doctor`]: `sockgate doctor`'s host checks.
 //! - [`admin`]: the admin endpoint (metrics, open connections, readiness) and what the
 //!   agent and sessions report to it.
+//! - [`task_size`]: why relayed connections' futures are kept small, and the helper for it.
+
+#![expect(
+    clippy::manual_async_fn,
+    reason = "relayed connections' futures are async blocks, not async fns: see task_size"
+)]
 
 pub mod admin;
 pub mod agent;
@@ -40,5 +47,6 @@ pub mod relay;
 pub mod session;
 pub mod snapshot;
 pub mod sockopt;
+pub mod task_size;
 pub mod tls;
 pub mod upstream;

@@ -1,8 +1,8 @@
 //! What the agent tells every session, on one watch channel: the lifecycle phase and a tick
 //! that paces idle checks. One channel, so that a relayed connection, which may sit idle
-//! for hours among thousands, waits on one future and owns no timer.
+//! for hours among thousands, waits on one future ([`idle_or_closed`]) and owns no timer.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use tokio::{
     sync::{Notify, watch},
@@ -83,9 +83,61 @@ pub fn never() -> watch::Receiver<Pulse> {
     watch::channel(Pulse::default()).1
 }
 
+/// Why [`idle_or_closed`] resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// No byte moved either way for [`IDLE_TICKS`] ticks.
+    Idle,
+    /// The agent said [`Phase::Closed`].
+    Closed,
+}
+
+/// Waits until a relayed connection is idle or the agent closes it: resolves with
+/// [`Stop::Closed`] once `pulse` says `Closed`, or with [`Stop::Idle`] once `activity` (bytes
+/// moved either way, by userspace or the verdict) has not changed for [`IDLE_TICKS`] ticks.
+/// It reads `activity` only on ticks, so a short connection pays no map lookups here.
+/// Without an agent (the sender is gone) it never resolves.
+pub(crate) fn idle_or_closed<'a>(
+    pulse: &'a mut watch::Receiver<Pulse>,
+    activity: impl Fn() -> u64 + 'a,
+) -> impl Future<Output = Stop> + 'a {
+    async move {
+        let (mut last, mut quiet) = (u64::MAX, 0);
+        let first = *pulse.borrow_and_update();
+        let (mut tick, mut epoch) = (first.tick, first.epoch);
+        loop {
+            let now = *pulse.borrow_and_update();
+            if now.phase == Phase::Closed {
+                return Stop::Closed;
+            }
+            if now.epoch != epoch {
+                // A reload changed the period: count afresh, in ticks of the new one.
+                (epoch, tick, quiet) = (now.epoch, now.tick, 0);
+            } else if now.tick != tick {
+                // Ticks missed while this task was busy count too.
+                let ticks = now.tick.wrapping_sub(tick);
+                tick = now.tick;
+                let moved = activity();
+                if moved != last {
+                    (last, quiet) = (moved, 0);
+                } else {
+                    quiet += ticks;
+                    if quiet >= IDLE_TICKS {
+                        return Stop::Idle;
+                    }
+                }
+            }
+            if pulse.changed().await.is_err() {
+                // The agent is gone (or this is a plain relay): nothing ends the connection.
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::{cell::Cell, future::poll_fn, pin::Pin, sync::Mutex, task::Poll};
 
     use super::*;
 
@@ -148,5 +200,79 @@ mod tests {
             tick_period(Duration::from_nanos(3)),
             Some(Duration::from_millis(1))
         );
+    }
+
+    /// Polls `fut` once, without blocking.
+    async fn poll_once<F: Future + Unpin>(fut: &mut F) -> Option<F::Output> {
+        poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut *fut).poll(cx) {
+                Poll::Ready(v) => Some(v),
+                Poll::Pending => None,
+            })
+        })
+        .await
+    }
+
+    fn bump(tx: &watch::Sender<Pulse>, ticks: u32) {
+        tx.send_modify(|p| p.tick = p.tick.wrapping_add(ticks));
+    }
+
+    #[tokio::test]
+    async fn quiet_ticks_time_out_and_bytes_restart_the_count() {
+        let (tx, mut rx) = watch::channel(Pulse::default());
+        let moved = Cell::new(0u64);
+        let mut idle = Box::pin(idle_or_closed(&mut rx, || moved.get()));
+        assert_eq!(poll_once(&mut idle).await, None);
+        // The first tick only takes the count.
+        bump(&tx, 1);
+        assert_eq!(poll_once(&mut idle).await, None);
+        for _ in 1..IDLE_TICKS {
+            bump(&tx, 1);
+            assert_eq!(poll_once(&mut idle).await, None);
+        }
+        moved.set(1);
+        bump(&tx, 1);
+        assert_eq!(poll_once(&mut idle).await, None);
+        // Missed ticks count: the task saw one change for seven ticks.
+        bump(&tx, IDLE_TICKS - 1);
+        assert_eq!(poll_once(&mut idle).await, None);
+        bump(&tx, 1);
+        assert_eq!(poll_once(&mut idle).await, Some(Stop::Idle));
+    }
+
+    #[tokio::test]
+    async fn closed_ends_and_a_draining_agent_does_not() {
+        let (tx, mut rx) = watch::channel(Pulse::default());
+        let mut idle = Box::pin(idle_or_closed(&mut rx, || 0));
+        tx.send_modify(|p| p.phase = Phase::Draining);
+        assert_eq!(poll_once(&mut idle).await, None);
+        tx.send_modify(|p| p.phase = Phase::Closed);
+        assert_eq!(poll_once(&mut idle).await, Some(Stop::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_new_epoch_restarts_the_count() {
+        let (tx, mut rx) = watch::channel(Pulse::default());
+        let mut idle = Box::pin(idle_or_closed(&mut rx, || 0));
+        assert_eq!(poll_once(&mut idle).await, None);
+        // The first tick takes the count, the next ones are quiet.
+        bump(&tx, 1);
+        assert_eq!(poll_once(&mut idle).await, None);
+        bump(&tx, IDLE_TICKS - 1);
+        assert_eq!(poll_once(&mut idle).await, None);
+        tx.send_modify(|p| p.epoch += 1);
+        assert_eq!(poll_once(&mut idle).await, None);
+        bump(&tx, IDLE_TICKS - 1);
+        assert_eq!(poll_once(&mut idle).await, None);
+        bump(&tx, 1);
+        assert_eq!(poll_once(&mut idle).await, Some(Stop::Idle));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_an_agent_nothing_ends_it() {
+        let mut rx = never();
+        let idle = idle_or_closed(&mut rx, || 0);
+        let waited = tokio::time::timeout(Duration::from_secs(3600), idle).await;
+        assert!(waited.is_err(), "ended with {waited:?}");
     }
 }

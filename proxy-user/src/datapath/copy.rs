@@ -9,23 +9,23 @@ use std::{
 use tokio::net::TcpStream;
 
 use super::{
-    Endpoint,
-    direction::{End, Moved, both, eof_is_final, write_all},
+    BytesRead, End, Endpoint, fin,
+    pair::{both, write_all},
 };
-use crate::sockopt;
+use crate::task_size::rare;
 
 const BUFFER: usize = 64 << 10;
 
-pub(super) async fn run(client: &Endpoint, upstream: &Endpoint, moved: &Moved) -> End {
+pub(super) async fn run(client: &Endpoint, upstream: &Endpoint, read: &BytesRead) -> End {
     both(
-        pin!(direction(client, upstream.stream(), &moved.up)),
-        pin!(direction(upstream, client.stream(), &moved.down)),
+        pin!(direction(client, upstream.stream(), &read.up)),
+        pin!(direction(upstream, client.stream(), &read.down)),
     )
     .await
 }
 
-/// `moved` starts at what the handshake read from `src`.
-async fn direction(src: &Endpoint, dst: &TcpStream, moved: &AtomicU64) -> End {
+/// `read` starts at what the handshake read from `src`.
+async fn direction(src: &Endpoint, dst: &TcpStream, read: &AtomicU64) -> End {
     let mut buf = vec![0; BUFFER];
     let mut eof_since = None;
     loop {
@@ -34,23 +34,19 @@ async fn direction(src: &Endpoint, dst: &TcpStream, moved: &AtomicU64) -> End {
         }
         match src.stream().try_read(&mut buf) {
             Ok(0) => {
-                // Only a socket left in the SOCKHASH can have passed bytes still coming.
-                // Boxed: rare (EOF only), so an idle connection holds none of its state.
-                match Box::pin(eof_is_final(src, moved.load(Relaxed), &mut eof_since)).await {
-                    Ok(true) => {}
-                    Ok(false) => continue,
-                    Err(end) => return end,
+                // Only a socket left in the SOCKHASH can have passed bytes still coming, and
+                // none were redirected to `dst`: nothing to drain.
+                let total = read.load(Relaxed);
+                if let Some(end) = rare(fin::finish(src, dst, total, &mut eof_since, || None)).await
+                {
+                    return end;
                 }
-                return match sockopt::shutdown_write(dst) {
-                    Ok(()) => End::Fin,
-                    Err(err) => End::from_io(&err),
-                };
             }
             Ok(n) => {
                 if let Err(err) = write_all(dst, &buf[..n]).await {
                     return End::from_io(&err);
                 }
-                moved.fetch_add(n as u64, Relaxed);
+                read.fetch_add(n as u64, Relaxed);
             }
             Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
             Err(err) => return End::from_io(&err),

@@ -10,19 +10,15 @@ use std::{
 
 use tokio::{io::Interest, net::TcpStream};
 
-use super::{
-    Endpoint,
-    direction::{End, Moved, both},
-};
-use crate::sockopt;
+use super::{BytesRead, End, Endpoint, fin, pair::both};
 
 /// Pipe capacity; also the most one splice moves. 1 MiB is the default pipe-max-size.
 const PIPE_SIZE: usize = 1 << 20;
 
-pub(super) async fn run(client: &Endpoint, upstream: &Endpoint, moved: &Moved) -> End {
+pub(super) async fn run(client: &Endpoint, upstream: &Endpoint, read: &BytesRead) -> End {
     both(
-        pin!(direction(client.stream(), upstream.stream(), &moved.up)),
-        pin!(direction(upstream.stream(), client.stream(), &moved.down)),
+        pin!(direction(client.stream(), upstream.stream(), &read.up)),
+        pin!(direction(upstream.stream(), client.stream(), &read.down)),
     )
     .await
 }
@@ -72,7 +68,8 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-async fn direction(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> End {
+/// `read` starts at what the handshake read from `src`.
+async fn direction(src: &TcpStream, dst: &TcpStream, read: &AtomicU64) -> End {
     let pipe = match Pipe::new() {
         Ok(pipe) => pipe,
         Err(err) => return End::from_io(&err),
@@ -83,12 +80,9 @@ async fn direction(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> End {
         })
         .await
         {
-            Ok(0) => {
-                return match sockopt::shutdown_write(dst) {
-                    Ok(()) => End::Fin,
-                    Err(err) => End::from_io(&err),
-                };
-            }
+            // Neither socket is in the SOCKHASH: no passed bytes can follow the EOF, and
+            // none were redirected.
+            Ok(0) => return fin::shut_down(dst),
             Ok(n) => n,
             Err(err) => return End::from_io(&err),
         };
@@ -103,7 +97,7 @@ async fn direction(src: &TcpStream, dst: &TcpStream, moved: &AtomicU64) -> End {
                 Err(err) => return End::from_io(&err),
             }
         }
-        moved.fetch_add(filled as u64, Relaxed);
+        read.fetch_add(filled as u64, Relaxed);
     }
 }
 

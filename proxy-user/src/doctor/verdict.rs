@@ -55,22 +55,11 @@ pub fn load() -> Check {
 
 /// The error with its root cause (aya's `Display` leaves out the errno), and the fix.
 fn explain(err: &LoadError) -> (String, String) {
-    let mut root: &dyn std::error::Error = err;
-    while let Some(source) = root.source() {
-        root = source;
-    }
-    let mut detail = err.to_string();
-    if !std::ptr::addr_eq(root, err) {
-        detail = format!("{detail}: {root}");
-    }
-    let denied = root
-        .downcast_ref::<std::io::Error>()
-        .is_some_and(|e| e.raw_os_error() == Some(libc::EPERM));
+    let detail = err.with_root_cause();
     let fix = match err {
         LoadError::NoObject => "build without AYA_BUILD_SKIP=1".to_owned(),
         LoadError::Layout(_) => "none on this kernel; auto relays with splice(2)".to_owned(),
-        // Without CAP_PERFMON the verifier refuses bpf_probe_read_kernel (EINVAL).
-        _ if denied || detail.contains("cannot use helper") => {
+        _ if err.lacks_capabilities() => {
             "grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (see the capabilities check)".to_owned()
         }
         _ => "see the error; auto relays with splice(2) meanwhile".to_owned(),

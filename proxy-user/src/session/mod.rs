@@ -35,20 +35,16 @@ use handshake::{Refused, Relayable};
 pub use refusal::{ClientFault, Ending, Refusal, UpstreamFault};
 use tokio::net::TcpStream;
 
-use crate::{datapath::Endpoint, events, policy::Action};
+use crate::{datapath::Endpoint, events, policy::Action, task_size::rare};
 
 /// Runs one accepted connection to its end, then drops `open` (the agent counts open
 /// connections with it).
 ///
 /// Every connection holds this future as its task for as long as it lasts, so it is kept
-/// small: `open` is taken here rather than by a wrapping block that would hold the
+/// small ([`crate::task_size`]): `open` is taken here rather than by a wrapping block that would hold the
 /// arguments once more, the accepted socket and its address come boxed (the future keeps
 /// room for its arguments after the handshake has moved them out), and the start time is
 /// kept in 8 bytes.
-#[expect(
-    clippy::manual_async_fn,
-    reason = "an async fn stores its arguments twice (rust-lang/rust#62958)"
-)]
 pub fn run(
     mut cx: Context,
     accepted: Box<(TcpStream, SocketAddr)>,
@@ -58,9 +54,9 @@ pub fn run(
     async move {
         let started = Started::now();
         let (stream, peer) = *accepted;
-        // Boxed: the handshake's state is large, and gone once the connection is relayed.
+        // The handshake's state is large, and gone once the connection is relayed.
         let Some((client, upstream, request_head)) =
-            Box::pin(admit(&cx, stream, peer, conn, started.instant())).await
+            rare(admit(&cx, stream, peer, conn, started.instant())).await
         else {
             drop(open);
             return;

@@ -1,0 +1,77 @@
+//! What a spliced connection reports: how it ended, which path carried it, and the bytes
+//! userspace read on the way.
+
+use std::{fmt, io, sync::atomic::AtomicU64};
+
+/// How a connection, or one direction of it, ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum End {
+    /// Orderly: every byte delivered, then FIN.
+    Fin,
+    /// One side reset; the other side was reset too.
+    Rst,
+    /// A local error (not a reset); both sides were reset.
+    Error,
+    /// Closed for lack of traffic; both sides were reset.
+    Timeout,
+    /// Closed because sockgate is shutting down; both sides were reset.
+    Shutdown,
+}
+
+impl End {
+    /// Classifies an I/O error on either socket.
+    pub(super) fn from_io(err: &io::Error) -> Self {
+        log::debug!("datapath: {err}");
+        match err.kind() {
+            io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::BrokenPipe => End::Rst,
+            _ => {
+                log::debug!("datapath error: {err}");
+                End::Error
+            }
+        }
+    }
+}
+
+/// Bytes userspace read from each side in all, handshake included; shared with the
+/// directions so the count survives a connection stopped mid-way.
+pub(super) struct BytesRead {
+    /// From the client.
+    pub up: AtomicU64,
+    /// From the upstream.
+    pub down: AtomicU64,
+}
+
+/// The path that actually carried a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Path {
+    Sockmap,
+    Splice,
+    Copy,
+}
+
+impl fmt::Display for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Path::Sockmap => "sockmap",
+            Path::Splice => "splice",
+            Path::Copy => "copy",
+        })
+    }
+}
+
+/// How a spliced connection went.
+#[derive(Debug)]
+pub struct Outcome {
+    /// Bytes from the client to the upstream, handshake included.
+    pub bytes_up: u64,
+    /// Bytes from the upstream to the client, handshake included.
+    pub bytes_down: u64,
+    pub end: End,
+    pub path: Path,
+    /// Bytes the verdict cut because the kernel handed them over twice, both ways.
+    pub repeats_cut: u64,
+}
