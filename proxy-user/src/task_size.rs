@@ -61,6 +61,7 @@ mod tests {
             listener: Arc::new(ListenerInfo {
                 name: "test".into(),
                 kind: ListenerKind::Sni { upstream_port: 443 },
+                admin: None,
             }),
             pulse: pulse::never(),
         };

@@ -80,6 +80,13 @@ impl<F: Fn() -> Bytes + Send + Sync> LiveBytes for F {
     }
 }
 
+impl LiveBytes for crate::datapath::Live {
+    fn read(&self) -> Bytes {
+        let (up, down) = self.bytes();
+        Bytes { up, down }
+    }
+}
+
 /// What the decision established about a relayed connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Route {

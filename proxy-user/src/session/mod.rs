@@ -35,7 +35,13 @@ use handshake::{Refused, Relayable};
 pub use refusal::{ClientFault, Ending, Refusal, UpstreamFault};
 use tokio::net::TcpStream;
 
-use crate::{datapath::Endpoint, events, policy::Action, task_size::rare};
+use crate::{
+    admin::connections::Route,
+    datapath::{Endpoint, Watch},
+    events,
+    policy::Action,
+    task_size::rare,
+};
 
 /// Runs one accepted connection to its end, then drops `open` (the agent counts open
 /// connections with it).
@@ -55,13 +61,19 @@ pub fn run(
         let started = Started::now();
         let (stream, peer) = *accepted;
         // The handshake's state is large, and gone once the connection is relayed.
-        let Some((client, upstream, request_head)) =
+        let Some((client, upstream, request_head, route)) =
             rare(admit(&cx, stream, peer, conn, started.instant())).await
         else {
             drop(open);
             return;
         };
-        let outcome = cx.datapath.splice(client, upstream, &mut cx.pulse).await;
+        let watch = cx.listener.admin.as_ref().map(|admin| -> Watch<'_> {
+            Box::new(move |path, live| admin.relaying(conn, route, path, live, request_head))
+        });
+        let outcome = cx
+            .datapath
+            .splice_watched(client, upstream, &mut cx.pulse, watch)
+            .await;
         let line = events::Close {
             conn,
             bytes_up: outcome.bytes_up.saturating_sub(request_head),
@@ -95,14 +107,15 @@ impl Started {
 }
 
 /// Steps 1 to 6 and the decision line. Returns the client, the upstream and the CONNECT
-/// request head's length to relay; a refused connection ends here, with its close line.
+/// request head's length to relay, and the route the decision line named (for the admin
+/// endpoint); a refused connection ends here, with its close line.
 async fn admit(
     cx: &Context,
     stream: TcpStream,
     peer: SocketAddr,
     conn: u64,
     started: Instant,
-) -> Option<(Endpoint, Endpoint, u64)> {
+) -> Option<(Endpoint, Endpoint, u64, Route)> {
     let mut client = cx.datapath.adopt(stream, conn);
     let mut line = events::Decision::new(conn, &cx.listener.name, peer);
     match handshake::run(cx, &mut client, &mut line).await {
@@ -115,7 +128,13 @@ async fn admit(
             line.enforced = admitted.enforced();
             line.reason = admitted.reason.to_string();
             decision(cx, &line, started);
-            Some((client, upstream, request_head))
+            // The line is written: its strings move on rather than being copied.
+            let route = Route {
+                dst: line.dst.take(),
+                fqdn: line.fqdn.take(),
+                rule: line.rule.take(),
+            };
+            Some((client, upstream, request_head, route))
         }
         Err(Refused { refusal, channel }) => {
             line.action = Action::Deny;
