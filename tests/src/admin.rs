@@ -83,7 +83,7 @@ pub struct Prometheus {
 
 impl Prometheus {
     /// Starts `prometheus` on `web`, scraping `target`'s `/metrics` every second, in the
-    /// calling thread's network namespace; returns once it is ready.
+    /// calling thread's network namespace; returns once it has scraped the target.
     pub fn start(target: SocketAddr, web: SocketAddr) -> Self {
         let dir = TempDir::new("prometheus");
         let config = dir.join("prometheus.yml");
@@ -120,6 +120,18 @@ impl Prometheus {
                 prometheus.proc.stderr.text()
             );
             thread::sleep(Duration::from_millis(50));
+        }
+        // Its discovery hands the target over after some seconds (5 in 2.42); only then
+        // does it scrape.
+        let deadline = Instant::now() + WAIT;
+        while !prometheus.target_up() {
+            assert!(
+                Instant::now() < deadline,
+                "prometheus never scraped {target}: {}\n{}",
+                get(web, "/api/v1/targets"),
+                prometheus.proc.stderr.text()
+            );
+            thread::sleep(Duration::from_millis(100));
         }
         prometheus
     }

@@ -145,6 +145,7 @@ fn prometheus_sees_bytes_rise_during_a_transfer() {
         thread::sleep(Duration::from_millis(200));
     }
     let finished_first = transfer.is_finished();
+    eprintln!("sockgate_bytes_total up, as Prometheus answered during the transfer: {seen:?}");
     let client = transfer.join().unwrap().expect("the client's side");
     let server = reports
         .recv_timeout(WAIT)
