@@ -408,6 +408,24 @@ mod tests {
         assert_eq!(bytes_of(&table.tally(), Some(Path::Sockmap)).up, 220);
     }
 
+    /// Every open connection holds an entry; what it adds per connection is documented.
+    #[test]
+    fn an_entry_stays_small() {
+        assert!(size_of::<Entry>() <= 112, "{} bytes", size_of::<Entry>());
+    }
+
+    #[test]
+    fn the_connect_request_is_not_counted() {
+        let table = Connections::default();
+        table.open(1, "proxy".into(), client());
+        let live = || Bytes { up: 140, down: 9 };
+        table.relaying(1, Route::default(), Path::Splice, Arc::new(live), 40);
+        assert_eq!(
+            (table.rows()[0].bytes_up, table.rows()[0].bytes_down),
+            (100, 9)
+        );
+    }
+
     #[test]
     fn states_and_rows() {
         let table = Connections::default();
