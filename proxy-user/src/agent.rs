@@ -2,7 +2,9 @@
 //!
 //! SIGHUP reloads the config (an invalid one is refused and the old one stays), SIGUSR1
 //! writes a `stats` line, SIGTERM stops accepting and drains relayed connections for
-//! `shutdown_grace`, SIGINT stops at once. Every connection runs as a [`session`].
+//! `shutdown_grace`, SIGINT stops at once. Every connection runs as a [`session`]. With
+//! `[admin]`, the admin endpoint serves from before the datapath loads, ready once every
+//! listener is bound, and not ready again from SIGTERM or SIGINT.
 
 use std::{
     collections::HashMap,
@@ -24,7 +26,8 @@ use tokio::{
 };
 
 use crate::{
-    config::{self, ListenerConfig, ListenerKind},
+    admin::{self, Admin, Readiness, metrics::MapEntries},
+    config::{self, AdminConfig, ListenerConfig, ListenerKind},
     datapath::{DEFAULT_SEND_BUFFER, Datapath, End, Mode},
     events, notify,
     pulse::{self, Phase, Pulse},
@@ -47,6 +50,8 @@ struct Agent {
     active: AtomicUsize,
     /// Running listeners by name, with the config they were started from.
     listeners: Mutex<HashMap<String, (ListenerConfig, JoinHandle<()>)>>,
+    /// The admin endpoint's state, with the `[admin]` it was started from.
+    admin: Option<(AdminConfig, Arc<Admin>)>,
 }
 
 /// The datapath mode the config names.
@@ -67,10 +72,17 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
-    let (live, config) = Snapshot::load(&path)?;
+    let (live, config, text) = Snapshot::load_with_text(&path)?;
+    let admin = match config.admin {
+        Some(settings) => Some((settings, start_admin(&settings, &path, &text).await?)),
+        None => None,
+    };
     let mode = datapath_mode(config.datapath);
     let datapath = Datapath::load(mode, DEFAULT_SEND_BUFFER)
         .context("datapath = \"sockmap\" needs the eBPF program")?;
+    if let Some((_, admin)) = &admin {
+        admin.datapath_loaded(datapath.effective(), map_entries(&datapath));
+    }
     let agent = Arc::new(Agent {
         datapath: Arc::new(datapath),
         live: RwLock::new(Arc::new(live)),
@@ -79,10 +91,12 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         next_conn: AtomicU64::new(0),
         active: AtomicUsize::new(0),
         listeners: Mutex::new(HashMap::new()),
+        admin,
     });
     for listener in &config.listeners {
         start_listener(&agent, listener).await?;
     }
+    set_readiness(&agent, Readiness::Ready);
     let ticker = {
         let agent = Arc::clone(&agent);
         tokio::spawn(async move {
@@ -108,9 +122,45 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
         }
     };
     notify::stopping();
+    set_readiness(&agent, Readiness::Draining);
     shutdown(&agent, grace).await;
     ticker.abort();
     Ok(())
+}
+
+/// Binds `[admin]` and serves it from now on, not ready yet.
+async fn start_admin(
+    settings: &AdminConfig,
+    path: &Path,
+    text: &str,
+) -> anyhow::Result<Arc<Admin>> {
+    let listener = TcpListener::bind(settings.address)
+        .await
+        .with_context(|| format!("[admin] binding {}", settings.address))?;
+    let admin = Arc::new(Admin::default());
+    admin.config_loaded(path, text, false);
+    tokio::spawn(admin::server::serve(listener, Arc::clone(&admin)));
+    log::info!("admin endpoint on http://{}", settings.address);
+    Ok(admin)
+}
+
+/// Reads the kernel maps' entry counts for `sockgate_kernel_map_entries`.
+fn map_entries(datapath: &Datapath) -> Option<MapEntries> {
+    let kernel = Arc::clone(datapath.kernel()?);
+    Some(Box::new(move || {
+        let counts = kernel.map_counts();
+        vec![
+            ("socks", counts.socks as u64),
+            ("handoff", counts.handoff as u64),
+            ("counters", counts.counters as u64),
+        ]
+    }))
+}
+
+fn set_readiness(agent: &Agent, readiness: Readiness) {
+    if let Some((_, admin)) = &agent.admin {
+        admin.set_readiness(readiness);
+    }
 }
 
 /// SIGUSR1: one `stats` line on the decision log.
@@ -170,15 +220,24 @@ async fn wait_idle(agent: &Agent, limit: Duration) {
 /// adds, restarts or removes listeners; an invalid one changes nothing.
 async fn reload(agent: &Arc<Agent>, path: &Path) {
     // Through anyhow, whose `{:#}` also prints the error's causes.
-    let (live, config) = match Snapshot::load(path).map_err(anyhow::Error::from) {
+    let (live, config, text) = match Snapshot::load_with_text(path).map_err(anyhow::Error::from) {
         Ok(loaded) => loaded,
         Err(err) => {
             log::error!("reload refused, keeping the running config: {err:#}");
+            if let Some((_, admin)) = &agent.admin {
+                admin.reload_failed(&format!("{err:#}"));
+            }
             return;
         }
     };
     if datapath_mode(config.datapath) != agent.datapath.mode() {
         log::warn!("reload: a datapath change takes effect only after a restart");
+    }
+    if config.admin != agent.admin.as_ref().map(|(settings, _)| *settings) {
+        log::warn!("reload: an [admin] change takes effect only after a restart");
+    }
+    if let Some((_, admin)) = &agent.admin {
+        admin.config_loaded(path, &text, true);
     }
     *agent.live.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(live);
     agent.reloaded.notify_one();
@@ -242,6 +301,7 @@ async fn start_listener(agent: &Arc<Agent>, config: &ListenerConfig) -> anyhow::
     let info = Arc::new(ListenerInfo {
         name: config.name.clone(),
         kind: config.kind(),
+        admin: agent.admin.as_ref().map(|(_, a)| a.reporter(&config.name)),
     });
     log::info!(
         "listener {} ({}) on {}",
@@ -275,6 +335,9 @@ async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, info: Arc<Listene
             }
         };
         let conn = agent.next_conn.fetch_add(1, Relaxed) + 1;
+        if let Some(admin) = &info.admin {
+            admin.opened(conn, peer);
+        }
         let live = snapshot(&agent);
         let cx = Context {
             datapath: Arc::clone(&agent.datapath),
@@ -299,13 +362,14 @@ async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, info: Arc<Listene
 
 /// Refuses a connection over `max_connections` at once, with a reset and its two log lines.
 fn refuse_over_limit(listener: &ListenerInfo, stream: TcpStream, peer: SocketAddr, conn: u64) {
-    events::decision(&events::Decision {
+    let decision = events::Decision {
         reason: Refusal::from(Ending::OverLimit).to_string(),
         ..events::Decision::new(conn, &listener.name, peer)
-    });
+    };
+    events::decision(&decision);
     let _ = sockopt::set_linger_zero(&stream);
     drop(stream);
-    events::close(&events::Close {
+    let close = events::Close {
         conn,
         bytes_up: 0,
         bytes_down: 0,
@@ -313,7 +377,12 @@ fn refuse_over_limit(listener: &ListenerInfo, stream: TcpStream, peer: SocketAdd
         datapath: None,
         end: End::Rst,
         repeats_cut: 0,
-    });
+    };
+    events::close(&close);
+    if let Some(admin) = &listener.admin {
+        admin.decided(&decision, Duration::ZERO);
+        admin.closed(&close);
+    }
 }
 
 /// The listener table holds no invariant a panic could break.

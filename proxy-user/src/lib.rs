@@ -6,7 +6,7 @@
 //! - [`policy`]: the compiled FQDN policy (which checks the rules) and its decisions.
 //! - [`snapshot`]: one config load: config, compiled policy, limits and resolver.
 //! - [`tls`]: the incremental ClientHello assembler and first-bytes classifier.
-//! - [`cli`]: the subcommands (`run`, `check`, `decide`, `doctor`, `relay`).
+//! - [`cli`]: the subcommands (`run`, `check`, `decide`, `doctor`, `relay`, `status`).
 //! - [`agent`]: `sockgate run`: listeners, reload and shutdown.
 //! - [`session`]: one connection's flow, from accept to close.
 //! - [`pulse`]: the lifecycle phase and idle tick the agent sends every session, and the
@@ -20,6 +20,8 @@
 //! - [`sockopt`]: the few raw socket options the datapath needs.
 //! - [`notify`]: systemd readiness notifications.
 //! - [`doctor`]: `sockgate doctor`'s host checks.
+//! - [`admin`]: the admin endpoint (metrics, open connections, readiness) and what the
+//!   agent and sessions report to it.
 //! - [`task_size`]: why relayed connections' futures are kept small, and the helper for it.
 
 #![expect(
@@ -27,6 +29,7 @@
     reason = "relayed connections' futures are async blocks, not async fns: see task_size"
 )]
 
+pub mod admin;
 pub mod agent;
 pub mod cli;
 pub mod config;

@@ -28,6 +28,8 @@ enum Command {
     Doctor(cli::doctor::Args),
     /// A plain TCP relay (no TLS, no policy) over a chosen datapath, for benchmarks and debugging.
     Relay(cli::relay::Args),
+    /// Show a running agent's config, reload and open connections, from its admin endpoint.
+    Status(cli::status::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
         Command::Decide(args) => cli::decide::run(args),
         Command::Doctor(args) => cli::doctor::run(args),
         Command::Relay(args) => cli::relay::run(args),
+        Command::Status(args) => cli::status::run(args),
     };
     match result {
         Ok(code) => code,

@@ -45,6 +45,16 @@ impl Snapshot {
         Self::build(Config::read(path)?)
     }
 
+    /// Like [`Snapshot::load`], with the file's text too: the admin endpoint shows its hash.
+    pub fn load_with_text(path: &Path) -> Result<(Snapshot, Config, String), SnapshotError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let (snapshot, config) = Self::parse(&text, &path.display().to_string())?;
+        Ok((snapshot, config, text))
+    }
+
     /// Loads config text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<(Snapshot, Config), SnapshotError> {
         Self::build(Config::from_toml(text, origin)?)

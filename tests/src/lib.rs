@@ -5,6 +5,7 @@
 //! state or traffic with each other or the host. They need root, and they panic with a
 //! message when something they need is missing: a skipped test is never a pass.
 
+pub mod admin;
 pub mod agent;
 pub mod events;
 pub mod held;

@@ -22,6 +22,8 @@ const APT_PACKAGES: &[&str] = &[
     "libnginx-mod-stream",
     // systemd-analyze verify, for dist/systemd/sockgate.service (tests/tests/systemd.rs).
     "systemd",
+    // A real Prometheus scrapes the admin endpoint, and promtool checks /metrics.
+    "prometheus",
 ];
 
 /// The nightly toolchain that builds the eBPF crate (the only one on this machine kind).

@@ -5,3 +5,4 @@ pub mod decide;
 pub mod doctor;
 pub mod relay;
 pub mod run;
+pub mod status;

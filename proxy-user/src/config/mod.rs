@@ -6,6 +6,7 @@
 //! them while it compiles them, so each rule is checked once. The policy depends on this
 //! module, never the reverse; neither does this module read the datapath.
 
+mod admin;
 mod datapath;
 pub mod duration;
 mod fast_path;
@@ -20,6 +21,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+pub use admin::{AdminConfig, AdminError};
 pub use datapath::Datapath;
 pub use limits::{LimitError, Limits, MAX_CLIENT_HELLO, MIN_CLIENT_HELLO};
 pub use listener::{ListenerConfig, ListenerError, ListenerKind, ListenerMode, ListenerProblem};
@@ -46,6 +48,9 @@ pub struct Config {
     /// `[limits]`.
     #[serde(default)]
     pub limits: Limits,
+    /// `[admin]`; absent means no admin endpoint.
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
 }
 
 /// Why a config cannot be used. The operator caused every one of them. (A bad rule is the
@@ -79,6 +84,9 @@ pub enum ConfigError {
     /// A limit is invalid.
     #[error(transparent)]
     Limits(#[from] LimitError),
+    /// `[admin]` is invalid.
+    #[error(transparent)]
+    Admin(#[from] AdminError),
 }
 
 /// A 1-based line and column in a config file.
@@ -142,11 +150,14 @@ impl Config {
     }
 
     /// Checks what serde cannot, the rules aside: listener modes and names, the resolver's
-    /// hosts, the limits' ranges.
+    /// hosts, the limits' ranges, the admin address.
     pub fn validate(&self) -> Result<(), ConfigError> {
         listener::validate(&self.listeners)?;
         self.resolver.validate()?;
         self.limits.validate()?;
+        if let Some(admin) = &self.admin {
+            admin.validate()?;
+        }
         Ok(())
     }
 }

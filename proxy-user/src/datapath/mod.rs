@@ -33,7 +33,7 @@ use std::{
 
 pub use endpoint::Endpoint;
 use outcome::BytesRead;
-pub use outcome::{End, Outcome, Path};
+pub use outcome::{End, Live, Outcome, Path};
 use tokio::{net::TcpStream, sync::watch};
 
 use crate::{
@@ -79,6 +79,9 @@ pub enum Mode {
     Splice,
     Copy,
 }
+
+/// Told once, when [`Datapath::splice_watched`] has chosen a connection's path.
+pub type Watch<'a> = Box<dyn FnOnce(Path, Arc<Live>) + Send + 'a>;
 
 /// Socket buffer sizing. A sockmap redirect can only move what fits in the peer's send
 /// buffer, so small buffers starve it (0.27x direct with defaults; ARCHITECTURE.md, "Kernel
@@ -191,25 +194,53 @@ impl Datapath {
         upstream: Endpoint,
         pulse: &'a mut watch::Receiver<Pulse>,
     ) -> impl Future<Output = Outcome> + 'a {
-        async move {
-            fin::reset_on_close(client.stream(), upstream.stream());
-            let path = match (&self.kernel, client.in_kernel(), upstream.in_kernel()) {
-                (Some(_), true, true) => Path::Sockmap,
-                (_, false, false) if self.mode != Mode::Copy => Path::Splice,
-                _ => Path::Copy,
-            };
-            let read = BytesRead {
+        self.splice_watched(client, upstream, pulse, None)
+    }
+
+    /// [`Datapath::splice`], telling `watch` at once the path it chose, with the
+    /// connection's [`Live`] byte counts (for the admin endpoint).
+    pub fn splice_watched<'a>(
+        &'a self,
+        client: Endpoint,
+        upstream: Endpoint,
+        pulse: &'a mut watch::Receiver<Pulse>,
+        watch: Option<Watch<'a>>,
+    ) -> impl Future<Output = Outcome> + 'a {
+        // Chosen before the future is built, so that it holds neither `watch` nor room
+        // for what goes into `live`.
+        let path = match (&self.kernel, client.in_kernel(), upstream.in_kernel()) {
+            (Some(_), true, true) => Path::Sockmap,
+            (_, false, false) if self.mode != Mode::Copy => Path::Splice,
+            _ => Path::Copy,
+        };
+        let kernel = match (path, &self.kernel) {
+            (Path::Sockmap, Some(kernel)) => {
+                Some((Arc::clone(kernel), [client.cookie(), upstream.cookie()]))
+            }
+            _ => None,
+        };
+        // Shared, so that `watch` can read the counts while the connection runs.
+        let live = Arc::new(Live {
+            read: BytesRead {
                 up: AtomicU64::new(client.bytes_read()),
                 down: AtomicU64::new(upstream.bytes_read()),
-            };
+            },
+            kernel,
+        });
+        if let Some(watch) = watch {
+            watch(path, Arc::clone(&live));
+        }
+        async move {
+            fin::reset_on_close(client.stream(), upstream.stream());
+            let read = &live.read;
             // A box holds only the chosen path's state; the future would keep room for the
             // largest.
             let run: Pin<Box<dyn Future<Output = End> + Send + '_>> = match (path, &self.kernel) {
                 (Path::Sockmap, Some(kernel)) => {
-                    Box::pin(sockmap::run(kernel, &client, &upstream, &read))
+                    Box::pin(sockmap::run(kernel, &client, &upstream, read))
                 }
-                (Path::Splice, _) => Box::pin(pipe::run(&client, &upstream, &read)),
-                _ => Box::pin(copy::run(&client, &upstream, &read)),
+                (Path::Splice, _) => Box::pin(pipe::run(&client, &upstream, read)),
+                _ => Box::pin(copy::run(&client, &upstream, read)),
             };
             let activity = || {
                 let mut total = read.up.load(Relaxed) + read.down.load(Relaxed);

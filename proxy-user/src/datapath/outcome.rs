@@ -1,7 +1,15 @@
 //! What a spliced connection reports: how it ended, which path carried it, and the bytes
-//! userspace read on the way.
+//! userspace read on the way; while it runs, its byte counts so far ([`Live`]).
 
-use std::{fmt, io, sync::atomic::AtomicU64};
+use std::{
+    fmt, io,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
+};
+
+use crate::ebpf::Kernel;
 
 /// How a connection, or one direction of it, ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -42,6 +50,29 @@ pub(super) struct BytesRead {
     pub up: AtomicU64,
     /// From the upstream.
     pub down: AtomicU64,
+}
+
+/// A relayed connection's byte counts as they grow: what userspace read from each side,
+/// plus, on the sockmap path, what the verdict redirected. The close line's counts are
+/// its last reading; the admin endpoint reads it while the connection runs.
+pub struct Live {
+    pub(super) read: BytesRead,
+    /// The verdict's counters, on the sockmap path, and the client's and upstream's cookies.
+    pub(super) kernel: Option<(Arc<Kernel>, [u64; 2])>,
+}
+
+impl Live {
+    /// Bytes from the client and from the upstream so far, handshake included. Once the
+    /// connection is torn down the kernel's part reads 0.
+    pub fn bytes(&self) -> (u64, u64) {
+        let mut up = self.read.up.load(Relaxed);
+        let mut down = self.read.down.load(Relaxed);
+        if let Some((kernel, [client, upstream])) = &self.kernel {
+            up += kernel.counters(*client).redirected;
+            down += kernel.counters(*upstream).redirected;
+        }
+        (up, down)
+    }
 }
 
 /// The path that actually carried a connection.

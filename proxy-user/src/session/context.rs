@@ -4,7 +4,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::{config::ListenerKind, datapath::Datapath, pulse::Pulse, snapshot::Snapshot};
+use crate::{
+    admin::Reporter, config::ListenerKind, datapath::Datapath, pulse::Pulse, snapshot::Snapshot,
+};
 
 /// One listener's identity and mode.
 #[derive(Debug)]
@@ -13,6 +15,8 @@ pub struct ListenerInfo {
     pub name: String,
     /// Its mode and mode-specific settings.
     pub kind: ListenerKind,
+    /// What its connections report to the admin endpoint; `None` without `[admin]`.
+    pub admin: Option<Reporter>,
 }
 
 /// Everything a session needs from the agent.

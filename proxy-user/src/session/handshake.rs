@@ -2,7 +2,7 @@
 //! Each step takes what the one before it learned and returns what the next needs; the
 //! decision line is where they note what they learned, for the log.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Instant};
 
 use super::{
     Context,
@@ -232,9 +232,12 @@ async fn connect(
     line: &mut events::Decision,
     addrs: &[SocketAddr],
 ) -> Result<Endpoint, Refusal> {
-    let stream = upstream::connect(addrs, cx.live.limits.connect_timeout)
-        .await
-        .map_err(UpstreamFault::Unreachable)?;
+    let started = Instant::now();
+    let stream = upstream::connect(addrs, cx.live.limits.connect_timeout).await;
+    if let Some(admin) = &cx.listener.admin {
+        admin.upstream_connected(started.elapsed());
+    }
+    let stream = stream.map_err(UpstreamFault::Unreachable)?;
     if let Ok(addr) = stream.peer_addr() {
         line.dst = Some(addr.to_string());
     }

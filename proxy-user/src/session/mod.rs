@@ -35,7 +35,13 @@ use handshake::{Refused, Relayable};
 pub use refusal::{ClientFault, Ending, Refusal, UpstreamFault};
 use tokio::net::TcpStream;
 
-use crate::{datapath::Endpoint, events, policy::Action, task_size::rare};
+use crate::{
+    admin::connections::Route,
+    datapath::{Endpoint, Watch},
+    events,
+    policy::Action,
+    task_size::rare,
+};
 
 /// Runs one accepted connection to its end, then drops `open` (the agent counts open
 /// connections with it).
@@ -55,14 +61,20 @@ pub fn run(
         let started = Started::now();
         let (stream, peer) = *accepted;
         // The handshake's state is large, and gone once the connection is relayed.
-        let Some((client, upstream, request_head)) =
+        let Some((client, upstream, request_head, route)) =
             rare(admit(&cx, stream, peer, conn, started.instant())).await
         else {
             drop(open);
             return;
         };
-        let outcome = cx.datapath.splice(client, upstream, &mut cx.pulse).await;
-        events::close(&events::Close {
+        let watch = cx.listener.admin.as_ref().map(|admin| -> Watch<'_> {
+            Box::new(move |path, live| admin.relaying(conn, route, path, live, request_head))
+        });
+        let outcome = cx
+            .datapath
+            .splice_watched(client, upstream, &mut cx.pulse, watch)
+            .await;
+        let line = events::Close {
             conn,
             bytes_up: outcome.bytes_up.saturating_sub(request_head),
             bytes_down: outcome.bytes_down,
@@ -70,7 +82,8 @@ pub fn run(
             datapath: Some(outcome.path),
             end: outcome.end,
             repeats_cut: outcome.repeats_cut,
-        });
+        };
+        close(&cx, &line);
         drop(open);
     }
 }
@@ -94,14 +107,15 @@ impl Started {
 }
 
 /// Steps 1 to 6 and the decision line. Returns the client, the upstream and the CONNECT
-/// request head's length to relay; a refused connection ends here, with its close line.
+/// request head's length to relay, and the route the decision line named (for the admin
+/// endpoint); a refused connection ends here, with its close line.
 async fn admit(
     cx: &Context,
     stream: TcpStream,
     peer: SocketAddr,
     conn: u64,
     started: Instant,
-) -> Option<(Endpoint, Endpoint, u64)> {
+) -> Option<(Endpoint, Endpoint, u64, Route)> {
     let mut client = cx.datapath.adopt(stream, conn);
     let mut line = events::Decision::new(conn, &cx.listener.name, peer);
     match handshake::run(cx, &mut client, &mut line).await {
@@ -113,20 +127,26 @@ async fn admit(
             line.action = admitted.action;
             line.enforced = admitted.enforced();
             line.reason = admitted.reason.to_string();
-            events::decision(&line);
-            Some((client, upstream, request_head))
+            decision(cx, &line, started);
+            // The line is written: its strings move on rather than being copied.
+            let route = Route {
+                dst: line.dst.take(),
+                fqdn: line.fqdn.take(),
+                rule: line.rule.take(),
+            };
+            Some((client, upstream, request_head, route))
         }
         Err(Refused { refusal, channel }) => {
             line.action = Action::Deny;
             line.reason = refusal.to_string();
-            events::decision(&line);
+            decision(cx, &line, started);
             let deny_with = cx.live.policy.deny_with();
             let signal = refuse::signal_for(&refusal, channel, line.fqdn.is_some(), deny_with);
             let bytes_up = client.bytes_read();
             log::debug!("conn {conn}: refused ({refusal}) with {signal:?}");
             // The refusal itself (a 403, an alert) counts as bytes sent to the client.
             let bytes_down = refuse::refuse(client, signal, &line.reason).await;
-            events::close(&events::Close {
+            let line = events::Close {
                 conn,
                 bytes_up,
                 bytes_down,
@@ -134,9 +154,26 @@ async fn admit(
                 datapath: None,
                 end: refuse::end_of(&refusal, signal),
                 repeats_cut: 0,
-            });
+            };
+            close(cx, &line);
             None
         }
+    }
+}
+
+/// Writes the decision line and reports it to the admin endpoint.
+fn decision(cx: &Context, line: &events::Decision, started: Instant) {
+    events::decision(line);
+    if let Some(admin) = &cx.listener.admin {
+        admin.decided(line, started.elapsed());
+    }
+}
+
+/// Writes the close line and reports it to the admin endpoint.
+fn close(cx: &Context, line: &events::Close) {
+    events::close(line);
+    if let Some(admin) = &cx.listener.admin {
+        admin.closed(line);
     }
 }
 
@@ -183,6 +220,7 @@ mod tests {
             listener: Arc::new(ListenerInfo {
                 name: "test".into(),
                 kind: ListenerKind::Sni { upstream_port: 443 },
+                admin: None,
             }),
             pulse: pulse::never(),
         };

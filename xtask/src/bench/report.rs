@@ -232,6 +232,16 @@ pub fn only(only: Only, plan: &Plan, names: &[&str], results: &Results) -> Strin
     };
     let verdict = if met { "met" } else { "MISSED" };
     let _ = writeln!(out, "\nsockgate on sockmap, {target}: {figure}  {verdict}");
+    if let (Only::Rate, Some(scraped)) = (only, get("sockgate-sockmap-admin")) {
+        let (with, without) = (median(&scraped.rate), median(&sg.rate));
+        let change = (with / without - 1.0) * 100.0;
+        let verdict = if change >= -3.0 { "met" } else { "MISSED" };
+        let _ = writeln!(
+            out,
+            "sockgate on sockmap with [admin] scraped every second: {with:.0} conn/s vs \
+             {without:.0} without ({change:+.1}%), target within 3%  {verdict}"
+        );
+    }
     out
 }
 

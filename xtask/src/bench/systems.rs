@@ -27,6 +27,8 @@ pub enum Kind {
     Direct,
     /// `sockgate run` with this `datapath`.
     Sockgate(&'static str),
+    /// The same with `[admin]`, its `/metrics` scraped every second (`--only rate`).
+    Scraped(&'static str),
     Haproxy,
     Nginx,
 }
@@ -41,6 +43,9 @@ pub const SYSTEMS: &[(&str, Kind)] = &[
     ("nginx", Kind::Nginx),
 ];
 
+/// Added to [`SYSTEMS`] by `--only rate`: the admin endpoint's cost on the connection path.
+pub const SCRAPED: (&str, Kind) = ("sockgate-sockmap-admin", Kind::Scraped("sockmap"));
+
 /// A started system: where clients connect, and the process to measure and stop.
 pub struct Running {
     pub name: &'static str,
@@ -51,6 +56,8 @@ pub struct Running {
     stdout: PathBuf,
     /// The system's config and log directory (removed with the bench's temp dir).
     dir: PathBuf,
+    /// Scrapes the admin endpoint until dropped ([`Kind::Scraped`] only).
+    _scraper: Option<Scraper>,
 }
 
 impl Running {
@@ -70,13 +77,20 @@ impl Running {
                 child: None,
                 stdout: PathBuf::new(),
                 dir: PathBuf::new(),
+                _scraper: None,
             });
         }
         let addr = free_port()?;
         std::fs::create_dir_all(dir)?;
+        let admin = match kind {
+            Kind::Scraped(_) => Some(free_port()?),
+            _ => None,
+        };
         let mut cmd = match kind {
             Kind::Direct => unreachable!("handled above"),
-            Kind::Sockgate(datapath) => sockgate_cmd(dir, sockgate, datapath, addr, server)?,
+            Kind::Sockgate(datapath) | Kind::Scraped(datapath) => {
+                sockgate_cmd(dir, sockgate, datapath, addr, server, admin)?
+            }
             Kind::Haproxy => haproxy_cmd(dir, addr, server)?,
             Kind::Nginx => nginx_cmd(dir, addr, server)?,
         };
@@ -96,8 +110,10 @@ impl Running {
             child: Some(child),
             stdout,
             dir: dir.to_owned(),
+            _scraper: None,
         };
         running.wait_listening(dir)?;
+        running._scraper = admin.map(Scraper::start);
         Ok(running)
     }
 
@@ -121,7 +137,7 @@ impl Running {
     /// sockgate only: checks that every relayed connection closed on the configured
     /// datapath, and says how many did. Refused ones are the readiness probes.
     pub fn check_datapath(&self) -> anyhow::Result<Option<String>> {
-        let Kind::Sockgate(datapath) = self.kind else {
+        let (Kind::Sockgate(datapath) | Kind::Scraped(datapath)) = self.kind else {
             return Ok(None);
         };
         let log = std::fs::read_to_string(&self.stdout)?;
@@ -212,6 +228,62 @@ fn parent(pid: u32) -> Option<u32> {
 }
 
 /// A loopback port nothing listens on now.
+/// GETs `/metrics` every second, as Prometheus would, until dropped; says so when a
+/// scrape did not get a 200.
+struct Scraper {
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<thread::JoinHandle<u64>>,
+}
+
+impl Scraper {
+    fn start(admin: SocketAddr) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = thread::spawn(move || {
+            let mut scrapes = 0;
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(Duration::from_secs(1))
+            {
+                let answer = scrape(admin).unwrap_or_else(|e| format!("{e}"));
+                assert!(
+                    answer.starts_with("HTTP/1.1 200"),
+                    "scraping {admin}: {answer:.200}"
+                );
+                scrapes += 1;
+            }
+            scrapes
+        });
+        Self {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Scraper {
+    fn drop(&mut self) {
+        let _ = self.stop.send(());
+        match self.thread.take().map(thread::JoinHandle::join) {
+            Some(Ok(scrapes)) => eprintln!("bench: {scrapes} scrapes of the admin endpoint"),
+            Some(Err(_)) => eprintln!("bench: a scrape failed; the admin figure is void"),
+            None => {}
+        }
+    }
+}
+
+/// One `GET /metrics`, read to its end.
+fn scrape(admin: SocketAddr) -> std::io::Result<String> {
+    use std::io::{Read as _, Write as _};
+    let mut stream = TcpStream::connect(admin)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer)?;
+    Ok(answer)
+}
+
 fn free_port() -> anyhow::Result<SocketAddr> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
@@ -229,6 +301,7 @@ fn sockgate_cmd(
     datapath: &str,
     addr: SocketAddr,
     server: SocketAddr,
+    admin: Option<SocketAddr>,
 ) -> anyhow::Result<Command> {
     let mut toml = format!(
         "datapath = \"{datapath}\"\n\n\
@@ -248,6 +321,9 @@ fn sockgate_cmd(
     toml.push_str(
         "\n[limits]\nmax_connections = 40000\nidle_timeout = \"0\"\nshutdown_grace = \"0\"\n",
     );
+    if let Some(admin) = admin {
+        writeln!(toml, "\n[admin]\naddress = \"{admin}\"")?;
+    }
     let config = write(dir, "sockgate.toml", &toml)?;
     let mut cmd = Command::new(bin);
     cmd.arg("run").arg("-c").arg(config).env("RUST_LOG", "warn");
