@@ -80,7 +80,7 @@ impl<F: Fn() -> Bytes + Send + Sync> LiveBytes for F {
     }
 }
 
-impl LiveBytes for crate::datapath::Live {
+impl LiveBytes for crate::datapath::LiveCounts {
     fn read(&self) -> Bytes {
         let (up, down) = self.bytes();
         Bytes { up, down }

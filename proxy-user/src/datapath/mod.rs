@@ -33,7 +33,7 @@ use std::{
 
 pub use endpoint::Endpoint;
 use outcome::BytesRead;
-pub use outcome::{End, Live, Outcome, Path};
+pub use outcome::{End, LiveCounts, Outcome, Path};
 use tokio::{net::TcpStream, sync::watch};
 
 use crate::{
@@ -81,7 +81,7 @@ pub enum Mode {
 }
 
 /// Told once, when [`Datapath::splice_watched`] has chosen a connection's path.
-pub type Watch<'a> = Box<dyn FnOnce(Path, Arc<Live>) + Send + 'a>;
+pub type Watch<'a> = Box<dyn FnOnce(Path, Arc<LiveCounts>) + Send + 'a>;
 
 /// Socket buffer sizing. A sockmap redirect can only move what fits in the peer's send
 /// buffer, so small buffers starve it (0.27x direct with defaults; ARCHITECTURE.md, "Kernel
@@ -198,7 +198,7 @@ impl Datapath {
     }
 
     /// [`Datapath::splice`], telling `watch` at once the path it chose, with the
-    /// connection's [`Live`] byte counts (for the admin endpoint).
+    /// connection's [`LiveCounts`] byte counts (for the admin endpoint).
     pub fn splice_watched<'a>(
         &'a self,
         client: Endpoint,
@@ -220,7 +220,7 @@ impl Datapath {
             _ => None,
         };
         // Shared, so that `watch` can read the counts while the connection runs.
-        let live = Arc::new(Live {
+        let live = Arc::new(LiveCounts {
             read: BytesRead {
                 up: AtomicU64::new(client.bytes_read()),
                 down: AtomicU64::new(upstream.bytes_read()),

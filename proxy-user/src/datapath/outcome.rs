@@ -1,5 +1,5 @@
 //! What a spliced connection reports: how it ended, which path carried it, and the bytes
-//! userspace read on the way; while it runs, its byte counts so far ([`Live`]).
+//! userspace read on the way; while it runs, its byte counts so far ([`LiveCounts`]).
 
 use std::{
     fmt, io,
@@ -55,13 +55,13 @@ pub(super) struct BytesRead {
 /// A relayed connection's byte counts as they grow: what userspace read from each side,
 /// plus, on the sockmap path, what the verdict redirected. The close line's counts are
 /// its last reading; the admin endpoint reads it while the connection runs.
-pub struct Live {
+pub struct LiveCounts {
     pub(super) read: BytesRead,
     /// The verdict's counters, on the sockmap path, and the client's and upstream's cookies.
     pub(super) kernel: Option<(Arc<Kernel>, [u64; 2])>,
 }
 
-impl Live {
+impl LiveCounts {
     /// Bytes from the client and from the upstream so far, handshake included. Once the
     /// connection is torn down the kernel's part reads 0.
     pub fn bytes(&self) -> (u64, u64) {
