@@ -86,7 +86,10 @@ fn the_package_holds_the_binary_the_conffile_the_unit_and_the_readme() {
     }
 
     let control = TempDir::new("control");
-    ok("dpkg-deb", &["--control", deb, control.to_str().unwrap()]);
+    ok(
+        "dpkg-deb",
+        &["--control", deb, control.path().to_str().unwrap()],
+    );
     let conffiles = fs::read_to_string(control.join("conffiles")).unwrap();
     assert_eq!(conffiles.lines().collect::<Vec<_>>(), [CONFFILE]);
     let postinst = fs::read_to_string(control.join("postinst")).unwrap();
