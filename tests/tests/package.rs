@@ -1,10 +1,12 @@
 //! The Debian package `cargo xtask dist` builds (`cargo xtask test` builds it first): it
 //! holds what the issue lists, installs into this machine with `dpkg -i`, its binary checks
-//! the packaged config, and `dpkg -r` leaves nothing behind but that conffile. `dpkg
-//! --purge` then takes the conffile too. The `sockgate` system user stays through both, as
+//! the packaged config, and `dpkg -r` leaves nothing behind but that conffile and the mask
+//! debhelper's postrm puts on the unit while the conffile remains (so a leftover enable
+//! cannot start it). `dpkg --purge` then takes both. The `sockgate` system user stays, as
 //! Debian keeps system users (see dist/debian/postinst).
 
 use std::{
+    collections::BTreeSet,
     fs,
     path::{Path, PathBuf},
     process::Command,
@@ -23,6 +25,33 @@ const CONFFILE: &str = "/etc/sockgate/sockgate.toml";
 const UNIT: &str = "/usr/lib/systemd/system/sockgate.service";
 /// dpkg and its maintainer scripts on a busy machine.
 const DPKG_WAIT: Duration = Duration::from_secs(120);
+
+/// Where a package puts files; a file or directory named for sockgate anywhere in them
+/// counts as left behind.
+const ROOTS: &[&str] = &["/etc", "/usr", "/var/lib/systemd"];
+
+/// Every path under [`ROOTS`] whose name contains "sockgate" (symlinks not followed).
+fn named_sockgate() -> BTreeSet<PathBuf> {
+    fn walk(dir: &Path, found: &mut BTreeSet<PathBuf>) {
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if entry.file_name().to_string_lossy().contains("sockgate") {
+                found.insert(path.clone());
+            }
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&path, found);
+            }
+        }
+    }
+    let mut found = BTreeSet::new();
+    for root in ROOTS {
+        walk(Path::new(root), &mut found);
+    }
+    found
+}
 
 /// Runs `program args`, failing the test unless it exits 0; returns stdout.
 fn ok(program: &str, args: &[&str]) -> String {
@@ -99,7 +128,7 @@ fn the_package_holds_the_binary_the_conffile_the_unit_and_the_readme() {
 }
 
 #[test]
-fn dpkg_installs_it_and_removing_it_leaves_only_the_conffile() {
+fn dpkg_installs_it_and_removing_it_leaves_only_the_conffile_and_the_units_mask() {
     require_root();
     let deb = deb();
     // A run that failed half-way may have left it here; it is this test's own package.
@@ -107,6 +136,7 @@ fn dpkg_installs_it_and_removing_it_leaves_only_the_conffile() {
         ok("dpkg", &["--purge", "sockgate"]);
     }
 
+    let before = named_sockgate();
     ok("dpkg", &["--install", deb]);
     assert_eq!(status().as_deref(), Some("install ok installed"));
     let passwd = ok("getent", &["passwd", "sockgate"]);
@@ -167,13 +197,29 @@ fn dpkg_installs_it_and_removing_it_leaves_only_the_conffile() {
         !Path::new("/usr/share/doc/sockgate").exists(),
         "the docs are left behind"
     );
+    let mask = Path::new("/etc/systemd/system/sockgate.service");
+    assert_eq!(
+        fs::read_link(mask).ok().as_deref(),
+        Some(Path::new("/dev/null"))
+    );
+    let new: Vec<PathBuf> = named_sockgate().difference(&before).cloned().collect();
+    let expected: Vec<PathBuf> = [
+        "/etc/sockgate",
+        CONFFILE,
+        "/etc/systemd/system/sockgate.service",
+        // deb-systemd-helper's record of the mask, which purge reads to lift it.
+        "/var/lib/systemd/deb-systemd-helper-enabled/sockgate.service.dsh-also",
+        "/var/lib/systemd/deb-systemd-helper-masked/sockgate.service",
+    ]
+    .into_iter()
+    .map(PathBuf::from)
+    .collect();
+    assert_eq!(new, expected, "left behind by dpkg -r");
     assert!(user_exists(), "dpkg -r removed the sockgate user");
 
     ok("dpkg", &["--purge", "sockgate"]);
     assert_eq!(status(), None);
-    assert!(
-        !Path::new("/etc/sockgate").exists(),
-        "purge left /etc/sockgate"
-    );
+    let new: Vec<PathBuf> = named_sockgate().difference(&before).cloned().collect();
+    assert!(new.is_empty(), "left behind by dpkg --purge: {new:?}");
     assert!(user_exists(), "purge removed the sockgate user");
 }
