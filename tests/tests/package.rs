@@ -1,8 +1,8 @@
 //! The Debian package `cargo xtask dist` builds (`cargo xtask test` builds it first): it
 //! holds what the issue lists, installs into this machine with `dpkg -i`, its binary checks
 //! the packaged config, and `dpkg -r` leaves nothing behind but that conffile and the mask
-//! debhelper's postrm puts on the unit while the conffile remains (so a leftover enable
-//! cannot start it). `dpkg --purge` then takes both. The `sockgate` system user stays, as
+//! debhelper's postrm puts on the unit while the conffile remains (so nothing starts a
+//! unit whose package is gone). `dpkg --purge` takes both. The `sockgate` system user stays, as
 //! Debian keeps system users (see dist/debian/postinst).
 
 use std::{
