@@ -10,6 +10,7 @@ mod admin;
 mod datapath;
 pub mod duration;
 mod fast_path;
+mod include;
 mod limits;
 mod listener;
 mod policy;
@@ -23,6 +24,7 @@ use serde::Deserialize;
 
 pub use admin::{AdminConfig, AdminError};
 pub use datapath::Datapath;
+pub use include::Included;
 pub use limits::{LimitError, Limits, MAX_CLIENT_HELLO, MIN_CLIENT_HELLO};
 pub use listener::{ListenerConfig, ListenerError, ListenerKind, ListenerMode, ListenerProblem};
 pub use policy::{Action, DenyWith, PolicyConfig, PolicyMode, RuleConfig};
@@ -33,6 +35,10 @@ pub use rules::{Ints, RuleList, RuleView, Strs};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Rule files to append, as globs relative to this file's directory, each expanded
+    /// in name order.
+    #[serde(default)]
+    pub include: Vec<String>,
     /// How allowed connections are relayed once the handshake is checked.
     #[serde(default)]
     pub datapath: Datapath,
@@ -75,6 +81,14 @@ pub enum ConfigError {
         /// What the parser said.
         message: String,
     },
+    /// An `include` pattern is not a glob, or its directory cannot be listed.
+    #[error("include `{pattern}`: {message}")]
+    Include {
+        /// The pattern as written.
+        pattern: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A listener is invalid.
     #[error(transparent)]
     Listener(#[from] ListenerError),
@@ -98,6 +112,17 @@ pub struct Position {
     pub column: usize,
 }
 
+impl ConfigError {
+    /// A TOML error in `text`, which came from `origin`.
+    fn syntax(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
+        ConfigError::Syntax {
+            origin: origin.to_owned(),
+            position: Position::of(text, e.span().map_or(0, |s| s.start)),
+            message: e.message().trim_end().replace('\n', "; "),
+        }
+    }
+}
+
 impl Position {
     /// The position of byte `offset` in `text`.
     fn of(text: &str, offset: usize) -> Position {
@@ -117,14 +142,18 @@ impl fmt::Display for Position {
 }
 
 impl Config {
-    /// Reads and parses a config file: TOML syntax, types and unknown keys. Not validated:
-    /// [`Config::validate`] checks the rest.
-    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads and parses a config file and the files it includes: TOML syntax, types and
+    /// unknown keys. Not validated: [`Config::validate`] checks the rest. The file's own
+    /// text comes back too, and the included files with theirs.
+    pub fn read(path: &Path) -> Result<(Config, String, Vec<Included>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text, &path.display().to_string())
+        let mut config = Self::from_toml(&text, &path.display().to_string())?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let included = include::expand(&mut config, dir)?;
+        Ok((config, text, included))
     }
 
     /// Parses and validates config text (all but the rules); `origin` names it in errors.
@@ -140,11 +169,7 @@ impl Config {
         // included, goes through `toml` whole.
         let config = match fast_path::parse(text) {
             Some(config) => config,
-            None => toml::from_str(text).map_err(|e| ConfigError::Syntax {
-                origin: origin.to_owned(),
-                position: Position::of(text, e.span().map_or(0, |s| s.start)),
-                message: e.message().trim_end().replace('\n', "; "),
-            })?,
+            None => toml::from_str(text).map_err(|e| ConfigError::syntax(text, origin, &e))?,
         };
         Ok(config)
     }
