@@ -1,6 +1,7 @@
 //! `sockgate run`: the listeners, the shared config snapshot, and the lifecycle.
 //!
-//! SIGHUP reloads the config (an invalid one is refused and the old one stays), SIGUSR1
+//! SIGHUP reloads the config (an invalid one is refused and the old one stays), and so
+//! does a change under `--watch` (or `watch = true`); SIGUSR1
 //! writes a `stats` line, SIGTERM stops accepting and drains relayed connections for
 //! `shutdown_grace`, SIGINT stops at once. Every connection runs as a [`session`]. With
 //! `[admin]`, the admin endpoint serves from before the datapath loads, ready once every
@@ -34,6 +35,7 @@ use crate::{
     session::{self, Context, Ending, ListenerInfo, Refusal},
     snapshot::Snapshot,
     sockopt,
+    watch::Watch,
 };
 
 /// State shared by every listener and session.
@@ -64,8 +66,27 @@ fn datapath_mode(datapath: config::Datapath) -> Mode {
     }
 }
 
-/// Runs until SIGTERM or SIGINT.
-pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+/// What started a reload; its log line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// SIGHUP.
+    Sighup,
+    /// A change in a watched directory.
+    Watch,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Sighup => "sighup",
+            Origin::Watch => "watch",
+        }
+    }
+}
+
+/// Runs until SIGTERM or SIGINT; with `watch` (or `watch = true`), a change to the config
+/// or an included file reloads as SIGHUP does.
+pub async fn run(path: PathBuf, watch: bool) -> anyhow::Result<()> {
     // Handlers first: until they exist, SIGHUP and SIGTERM kill the process outright, and
     // a supervisor may signal as soon as the listeners accept (or while the BPF loads).
     let mut hup = signal(SignalKind::hangup())?;
@@ -73,6 +94,12 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let (live, config, text) = Snapshot::load_with_text(&path)?;
+    // Started before anything else reads the files, so no change goes unseen.
+    let mut watch = if watch || config.watch {
+        Some(Watch::start(&path, &config.include)?)
+    } else {
+        None
+    };
     let admin = match config.admin {
         Some(settings) => Some((settings, start_admin(&settings, &path, &text).await?)),
         None => None,
@@ -115,7 +142,14 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     notify::ready();
     let grace = loop {
         tokio::select! {
-            _ = hup.recv() => notify::reloading(reload(&agent, &path)).await,
+            _ = hup.recv() => {
+                let config = notify::reloading(reload(&agent, &path, Origin::Sighup)).await;
+                follow(&mut watch, &path, config);
+            }
+            () = crate::watch::changed(&mut watch) => {
+                let config = notify::reloading(reload(&agent, &path, Origin::Watch)).await;
+                follow(&mut watch, &path, config);
+            }
             _ = usr1.recv() => stats(&agent),
             _ = term.recv() => break snapshot(&agent).limits.shutdown_grace,
             _ = int.recv() => break Duration::ZERO,
@@ -126,6 +160,13 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     shutdown(&agent, grace).await;
     ticker.abort();
     Ok(())
+}
+
+/// After a reload that applied, watches the directories its includes read from too.
+fn follow(watch: &mut Option<Watch>, path: &Path, config: Option<config::Config>) {
+    if let (Some(watch), Some(config)) = (watch, config) {
+        watch.follow(path, &config.include);
+    }
 }
 
 /// Binds `[admin]` and serves it from now on, not ready yet.
@@ -216,18 +257,20 @@ async fn wait_idle(agent: &Agent, limit: Duration) {
     }
 }
 
-/// SIGHUP: a valid new config replaces the policy and limits for new connections and
-/// adds, restarts or removes listeners; an invalid one changes nothing.
-async fn reload(agent: &Arc<Agent>, path: &Path) {
+/// SIGHUP or a watched change: a valid new config replaces the policy and limits for new
+/// connections and adds, restarts or removes listeners; an invalid one changes nothing.
+/// Logs one line naming `origin` and the outcome; returns the config if it applied.
+async fn reload(agent: &Arc<Agent>, path: &Path, origin: Origin) -> Option<config::Config> {
+    let origin = origin.as_str();
     // Through anyhow, whose `{:#}` also prints the error's causes.
     let (live, config, text) = match Snapshot::load_with_text(path).map_err(anyhow::Error::from) {
         Ok(loaded) => loaded,
         Err(err) => {
-            log::error!("reload refused, keeping the running config: {err:#}");
+            log::error!("reload refused ({origin}), keeping the running config: {err:#}");
             if let Some((_, admin)) = &agent.admin {
                 admin.reload_failed(&format!("{err:#}"));
             }
-            return;
+            return None;
         }
     };
     if datapath_mode(config.datapath) != agent.datapath.mode() {
@@ -269,11 +312,12 @@ async fn reload(agent: &Arc<Agent>, path: &Path) {
         }
     }
     log::info!(
-        "reloaded {}: {} listeners, {} rules",
+        "reloaded {} ({origin}): {} listeners, {} rules",
         path.display(),
         config.listeners.len(),
         config.policy.rules.len()
     );
+    Some(config)
 }
 
 async fn bind(config: &ListenerConfig) -> anyhow::Result<TcpListener> {

@@ -8,6 +8,7 @@
 //! - [`tls`]: the incremental ClientHello assembler and first-bytes classifier.
 //! - [`cli`]: the subcommands (`run`, `check`, `decide`, `doctor`, `relay`, `status`).
 //! - [`agent`]: `sockgate run`: listeners, reload and shutdown.
+//! - [`watch`]: `run --watch`: the config's directories, watched for changes.
 //! - [`session`]: one connection's flow, from accept to close.
 //! - [`pulse`]: the lifecycle phase and idle tick the agent sends every session, and the
 //!   wait until a relayed connection is idle or closed.
@@ -50,3 +51,4 @@ pub mod sockopt;
 pub mod task_size;
 pub mod tls;
 pub mod upstream;
+pub mod watch;

@@ -39,6 +39,9 @@ pub struct Config {
     /// in name order.
     #[serde(default)]
     pub include: Vec<String>,
+    /// Reload when this file or an included file changes, as `run --watch`; read at start.
+    #[serde(default)]
+    pub watch: bool,
     /// How allowed connections are relayed once the handshake is checked.
     #[serde(default)]
     pub datapath: Datapath,
