@@ -16,6 +16,7 @@ mod listener;
 mod policy;
 mod resolver;
 mod rules;
+mod source;
 
 use std::fmt;
 use std::path::Path;
@@ -30,6 +31,7 @@ pub use listener::{ListenerConfig, ListenerError, ListenerKind, ListenerMode, Li
 pub use policy::{Action, DenyWith, PolicyConfig, PolicyMode, RuleConfig};
 pub use resolver::{NameServer, ResolverConfig, ResolverError};
 pub use rules::{Ints, RuleList, RuleView, Strs};
+pub use source::{HttpsUrl, SourceConfig, SourceError};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -60,6 +62,9 @@ pub struct Config {
     /// `[admin]`; absent means no admin endpoint.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// `[source]`; present, the config comes from its URL and this file holds it alone.
+    #[serde(default)]
+    pub source: Option<SourceConfig>,
 }
 
 /// Why a config cannot be used. The operator caused every one of them. (A bad rule is the
@@ -104,6 +109,9 @@ pub enum ConfigError {
     /// `[admin]` is invalid.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// `[source]` is invalid.
+    #[error(transparent)]
+    Source(#[from] SourceError),
 }
 
 /// A 1-based line and column in a config file.
@@ -185,6 +193,17 @@ impl Config {
         self.limits.validate()?;
         if let Some(admin) = &self.admin {
             admin.validate()?;
+        }
+        if let Some(source) = &self.source {
+            source.validate()?;
+            let alone = Config {
+                source: None,
+                watch: false,
+                ..self.clone()
+            };
+            if alone != Config::default() {
+                return Err(SourceError::NotAlone.into());
+            }
         }
         Ok(())
     }
