@@ -1,7 +1,7 @@
 //! `sockgate run`: the listeners, the shared config snapshot, and the lifecycle.
 //!
-//! SIGHUP reloads the config (an invalid one is refused and the old one stays), and so
-//! does a change under `--watch` (or `watch = true`); SIGUSR1
+//! SIGHUP reloads the config (an invalid one is refused and the old one stays), and so do
+//! a change under `--watch` (or `watch = true`) and a new body at `[source] url`; SIGUSR1
 //! writes a `stats` line, SIGTERM stops accepting and drains relayed connections for
 //! `shutdown_grace`, SIGINT stops at once. Every connection runs as a [`session`]. With
 //! `[admin]`, the admin endpoint serves from before the datapath loads, ready once every

@@ -22,8 +22,8 @@ use crate::snapshot::{Snapshot, SnapshotError};
 
 /// The largest config a URL may serve (a million rules take about 60 MiB).
 const MAX_BODY: usize = 256 << 20;
-/// How long one fetch may take, connect to last byte.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one fetch may take, connect to last byte. The agent's signals wait for it.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a fetch failed. The server or the network caused each of them, except `Roots`.
 #[derive(Debug, thiserror::Error)]
