@@ -24,6 +24,8 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     // A real Prometheus scrapes the admin endpoint, and promtool checks /metrics.
     "prometheus",
+    // The HTTPS config server of tests/tests/e2e_source.rs (http.server wrapped in ssl).
+    "python3",
 ];
 
 /// tests/tests/manifests.rs validates deploy/kubernetes/ with it, offline: the package
