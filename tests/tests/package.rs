@@ -152,10 +152,12 @@ fn dpkg_installs_it_and_removing_it_leaves_only_the_conffile_and_the_units_mask(
         DPKG_WAIT,
     );
     assert!(code.success(), "sockgate check -c {CONFFILE}:\n{out}{err}");
+    // Compared as text, so a mismatch prints lines rather than bytes; a stale package (not
+    // rebuilt by `cargo xtask dist` since the example changed) fails here.
     assert_eq!(
-        fs::read(CONFFILE).unwrap(),
-        fs::read(EXAMPLE).unwrap(),
-        "the conffile is not examples/sockgate.toml"
+        fs::read_to_string(CONFFILE).unwrap(),
+        fs::read_to_string(EXAMPLE).unwrap(),
+        "the conffile is not examples/sockgate.toml: rebuild the package with `cargo xtask dist`"
     );
     let unit = fs::read_to_string(UNIT).unwrap();
     assert!(
