@@ -116,6 +116,7 @@ hosts = {{ "allowed.test" = ["127.0.0.1"] }}
 
 [limits]
 handshake_timeout = "1s"
+client_first_timeout = "500ms"
 "#
     )
 }
@@ -317,4 +318,77 @@ hosts = { "allowed.test" = ["127.0.0.1"] }
         haproxy.stdout.text(),
         haproxy.stderr.text()
     );
+}
+
+/// A CONNECT listener that takes a v2 header and sends one: the header and the CONNECT
+/// request come in one write, so reading a byte past the header would break the request;
+/// the server gets exactly our header for the original client, then exactly the client's
+/// bytes; and the close line counts neither header, nor the CONNECT head.
+#[test]
+fn header_in_and_out_byte_for_byte() {
+    let _ns = NetNs::enter_new();
+    let server = std::net::TcpListener::bind("127.0.0.1:4435").unwrap();
+    let received = thread::spawn(move || {
+        let (mut stream, _) = server.accept().unwrap();
+        let mut all = Vec::new();
+        stream.read_to_end(&mut all).unwrap();
+        stream.write_all(b"ok").unwrap();
+        all
+    });
+    let config = r#"
+datapath = "sockmap"
+
+[[listener]]
+name = "proxy"
+mode = "connect"
+address = "127.0.0.1:3128"
+proxy_protocol = "v2"
+send_proxy_protocol = "v2"
+
+[policy]
+default = "deny"
+
+[[policy.rule]]
+name = "documentation-net"
+action = "allow"
+fqdn = ["allowed.test"]
+sources = ["192.0.2.0/24"]
+
+[resolver]
+hosts = { "allowed.test" = ["127.0.0.1"] }
+"#;
+    let agent = Agent::start(config);
+
+    // PROXY TCP4 192.0.2.7:40000 -> 198.51.100.1:3128.
+    let mut header = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+    header.extend_from_slice(&[0x21, 0x11, 0, 12, 192, 0, 2, 7, 198, 51, 100, 1]);
+    header.extend_from_slice(&[0x9c, 0x40, 0x0c, 0x38]);
+    let mut stream = TcpStream::connect("127.0.0.1:3128").unwrap();
+    stream.set_read_timeout(Some(WAIT)).unwrap();
+    let mut first = header.clone();
+    first.extend_from_slice(b"CONNECT allowed.test:4435 HTTP/1.1\r\n\r\n");
+    stream.write_all(&first).unwrap();
+    let mut answer = [0; 39];
+    stream.read_exact(&mut answer).unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 200 Connection Established\r\n\r\n");
+    let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    stream.write_all(&payload).unwrap();
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    stream.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"ok");
+
+    let all = received.join().unwrap();
+    let (sent, rest) = all.split_at(header.len().min(all.len()));
+    assert_eq!(sent, header.as_slice(), "the server's first bytes");
+    assert!(rest == payload.as_slice(), "the client's bytes, exactly");
+    let conn = agent.conn_for("allowed.test", 0);
+    let d = &conn.decision;
+    assert_eq!(d["action"], "allow", "{d}");
+    assert_eq!(d["client"], "192.0.2.7:40000", "{d}");
+    assert!(d["via"].as_str().unwrap().starts_with("127.0.0.1:"), "{d}");
+    let c = &conn.close;
+    assert_eq!(c["end"], "fin", "{c}");
+    assert_eq!(c["bytes_up"], payload.len() as u64, "{c}");
+    assert_eq!(c["bytes_down"], 2, "{c}");
 }
