@@ -323,7 +323,8 @@ hosts = { "allowed.test" = ["127.0.0.1"] }
 /// A CONNECT listener that takes a v2 header and sends one: the header and the CONNECT
 /// request come in one write, so reading a byte past the header would break the request;
 /// the server gets exactly our header for the original client, then exactly the client's
-/// bytes; and the close line counts neither header, nor the CONNECT head.
+/// bytes; the admin endpoint shows the original client; and the close line counts neither
+/// header, nor the CONNECT head.
 #[test]
 fn header_in_and_out_byte_for_byte() {
     let _ns = NetNs::enter_new();
@@ -356,6 +357,9 @@ sources = ["192.0.2.0/24"]
 
 [resolver]
 hosts = { "allowed.test" = ["127.0.0.1"] }
+
+[admin]
+address = "127.0.0.1:9090"
 "#;
     let agent = Agent::start(config);
 
@@ -371,6 +375,9 @@ hosts = { "allowed.test" = ["127.0.0.1"] }
     let mut answer = [0; 39];
     stream.read_exact(&mut answer).unwrap();
     assert_eq!(&answer, b"HTTP/1.1 200 Connection Established\r\n\r\n");
+    let open = sockgate_tests::admin::connections("127.0.0.1:9090".parse().unwrap());
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0]["client"], "192.0.2.7:40000", "{open:?}");
     let payload: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     stream.write_all(&payload).unwrap();
     stream.shutdown(std::net::Shutdown::Write).unwrap();
