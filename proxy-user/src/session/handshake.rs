@@ -1,4 +1,5 @@
-//! Steps 2 to 6 for each listener mode, within `handshake_timeout` and until shutdown.
+//! Steps 2 to 6 for each listener mode, after the PROXY header if the listener takes one,
+//! within `handshake_timeout` and until shutdown.
 //! Each step takes what the one before it learned and returns what the next needs; the
 //! decision line is where they note what they learned, for the log.
 
@@ -56,18 +57,7 @@ pub async fn run(
     // The PROXY header and the steps after it share one `handshake_timeout`.
     let deadline = tokio::time::Instant::now() + cx.live.limits.handshake_timeout;
     let mut result = async {
-        let inbound = match cx.listener.proxy_protocol {
-            Some(version) => {
-                let header = async { Ok(proxied::read(version, client, line).await?) };
-                let inbound = within(cx, deadline, header, ClientFault::ProxyProtocol.into());
-                let inbound = inbound.await?;
-                if let (Some(admin), Some(_)) = (&cx.listener.admin, line.via) {
-                    admin.proxied(line.conn, line.client);
-                }
-                inbound
-            }
-            None => Inbound::default(),
-        };
+        let inbound = proxy_header(cx, client, line, deadline).await?;
         let steps = by_route(cx, client, line, inbound);
         let mut relayable = within(cx, deadline, steps, Ending::Timeout.into()).await?;
         relayable.request_head += inbound.len;
@@ -83,6 +73,25 @@ pub async fn run(
         *tls = line.protocol == Protocol::Tls;
     }
     result
+}
+
+/// On a `proxy_protocol` listener, the balancer's PROXY header, by `deadline`; a
+/// connection it names another client for shows that one in the admin endpoint too.
+async fn proxy_header(
+    cx: &Context,
+    client: &mut Endpoint,
+    line: &mut events::Decision,
+    deadline: tokio::time::Instant,
+) -> Result<Inbound, Refused> {
+    let Some(version) = cx.listener.proxy_protocol else {
+        return Ok(Inbound::default());
+    };
+    let header = async { Ok(proxied::read(version, client, line).await?) };
+    let inbound = within(cx, deadline, header, ClientFault::ProxyProtocol.into()).await?;
+    if let (Some(admin), Some(_)) = (&cx.listener.admin, line.via) {
+        admin.proxied(line.conn, line.client);
+    }
+    Ok(inbound)
 }
 
 /// Runs `step` until `deadline`, when it fails with `late`, or until shutdown starts.
