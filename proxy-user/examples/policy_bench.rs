@@ -200,7 +200,7 @@ fn measure(path: &Path, n: usize, lookups: usize) {
     let file_mib = std::fs::metadata(path).expect("rules file").len() as f64 / (1024.0 * 1024.0);
     let rss_before = status_kib("VmRSS:");
     let start = Instant::now();
-    let config = Config::read(path).expect("generated config parses");
+    let (config, _, _) = Config::read(path).expect("generated config parses");
     config.validate().expect("generated config is valid");
     let parsed = start.elapsed();
     let start = Instant::now();

@@ -1,6 +1,7 @@
 //! `sockgate run`: the listeners, the shared config snapshot, and the lifecycle.
 //!
-//! SIGHUP reloads the config (an invalid one is refused and the old one stays), SIGUSR1
+//! SIGHUP reloads the config (an invalid one is refused and the old one stays), and so do
+//! a change under `--watch` (or `watch = true`) and a new body at `[source] url`; SIGUSR1
 //! writes a `stats` line, SIGTERM stops accepting and drains relayed connections for
 //! `shutdown_grace`, SIGINT stops at once. Every connection runs as a [`session`]. With
 //! `[admin]`, the admin endpoint serves from before the datapath loads, ready once every
@@ -34,6 +35,8 @@ use crate::{
     session::{self, Context, Ending, ListenerInfo, Refusal},
     snapshot::Snapshot,
     sockopt,
+    source::{self, Fetched, Source},
+    watch::Watch,
 };
 
 /// State shared by every listener and session.
@@ -64,8 +67,30 @@ fn datapath_mode(datapath: config::Datapath) -> Mode {
     }
 }
 
-/// Runs until SIGTERM or SIGINT.
-pub async fn run(path: PathBuf) -> anyhow::Result<()> {
+/// What started a reload; its log line names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// SIGHUP.
+    Sighup,
+    /// A change in a watched directory.
+    Watch,
+    /// A new body at `[source] url`.
+    Url,
+}
+
+impl Origin {
+    fn as_str(self) -> &'static str {
+        match self {
+            Origin::Sighup => "sighup",
+            Origin::Watch => "watch",
+            Origin::Url => "url",
+        }
+    }
+}
+
+/// Runs until SIGTERM or SIGINT; with `watch` (or `watch = true`), a change to the config
+/// or an included file reloads as SIGHUP does.
+pub async fn run(path: PathBuf, watch: bool) -> anyhow::Result<()> {
     // Handlers first: until they exist, SIGHUP and SIGTERM kill the process outright, and
     // a supervisor may signal as soon as the listeners accept (or while the BPF loads).
     let mut hup = signal(SignalKind::hangup())?;
@@ -73,8 +98,29 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut usr1 = signal(SignalKind::user_defined1())?;
     let (live, config, text) = Snapshot::load_with_text(&path)?;
+    let (mut source, (live, config, text)) = match &config.source {
+        None => (None, (live, config, text)),
+        Some(settings) => {
+            let mut source = Source::new(settings)?;
+            let loaded = first_fetch(&mut source).await?;
+            (Some(source), loaded)
+        }
+    };
+    let shown = match &source {
+        Some(s) => PathBuf::from(s.url()),
+        None => path.clone(),
+    };
+    if source.is_some() && (watch || config.watch) {
+        log::warn!("--watch: the config comes from [source] url, which is polled instead");
+    }
+    // Started before anything else reads the files, so no change goes unseen.
+    let mut watch = if source.is_none() && (watch || config.watch) {
+        Some(Watch::start(&path, &config.include)?)
+    } else {
+        None
+    };
     let admin = match config.admin {
-        Some(settings) => Some((settings, start_admin(&settings, &path, &text).await?)),
+        Some(settings) => Some((settings, start_admin(&settings, &shown, &text).await?)),
         None => None,
     };
     let mode = datapath_mode(config.datapath);
@@ -115,7 +161,23 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     notify::ready();
     let grace = loop {
         tokio::select! {
-            _ = hup.recv() => notify::reloading(reload(&agent, &path)).await,
+            _ = hup.recv() => match &mut source {
+                // The file holds only [source]: SIGHUP polls the URL now.
+                Some(source) => poll(&agent, source).await,
+                None => {
+                    let config = notify::reloading(reload(&agent, &path, Origin::Sighup)).await;
+                    follow(&mut watch, &path, config);
+                }
+            },
+            () = source::due(&mut source) => {
+                if let Some(source) = &mut source {
+                    poll(&agent, source).await;
+                }
+            }
+            () = crate::watch::changed(&mut watch) => {
+                let config = notify::reloading(reload(&agent, &path, Origin::Watch)).await;
+                follow(&mut watch, &path, config);
+            }
             _ = usr1.recv() => stats(&agent),
             _ = term.recv() => break snapshot(&agent).limits.shutdown_grace,
             _ = int.recv() => break Duration::ZERO,
@@ -126,6 +188,64 @@ pub async fn run(path: PathBuf) -> anyhow::Result<()> {
     shutdown(&agent, grace).await;
     ticker.abort();
     Ok(())
+}
+
+/// The config at start from `[source] url`: fetched, else the cache (the last good text).
+async fn first_fetch(source: &mut Source) -> anyhow::Result<(Snapshot, config::Config, String)> {
+    let url = source.url().to_owned();
+    match source.fetch().await {
+        Ok(Fetched::New(text)) => match source.load(&text) {
+            Ok((live, config)) => {
+                source.save(&text);
+                return Ok((live, config, text));
+            }
+            Err(err) => log::error!("[source] {url}: {err:#}; trying the cache"),
+        },
+        Ok(Fetched::Unchanged) => unreachable!("the first fetch is unconditional"),
+        Err(err) => log::error!("[source] {url}: {err}; trying the cache"),
+    }
+    let (cache, text) = source
+        .cached()
+        .with_context(|| format!("[source] {url} failed and there is no cache to start from"))?;
+    let (live, config) = source
+        .load(&text)
+        .with_context(|| format!("[source] cache {}", cache.display()))?;
+    log::warn!("[source] starting from the cache {}", cache.display());
+    source.running(&text);
+    Ok((live, config, text))
+}
+
+/// A poll of `[source] url`: a new body reloads as SIGHUP does (and is cached once it
+/// applied); 304 or the same body does nothing; a failed fetch keeps the running config
+/// with one line.
+async fn poll(agent: &Arc<Agent>, source: &mut Source) {
+    let url = PathBuf::from(source.url());
+    match source.fetch().await {
+        Ok(Fetched::Unchanged) => {}
+        Ok(Fetched::New(text)) => {
+            let loaded = source
+                .load(&text)
+                .map(|(live, config)| (live, config, text.clone()))
+                .map_err(anyhow::Error::from);
+            if notify::reloading(apply(agent, loaded, &url, Origin::Url))
+                .await
+                .is_some()
+            {
+                source.save(&text);
+            }
+        }
+        Err(err) => {
+            let err = anyhow::Error::from(err).context(format!("fetching {}", url.display()));
+            refused(agent, &err, Origin::Url);
+        }
+    }
+}
+
+/// After a reload that applied, watches the directories its includes read from too.
+fn follow(watch: &mut Option<Watch>, path: &Path, config: Option<config::Config>) {
+    if let (Some(watch), Some(config)) = (watch, config) {
+        watch.follow(path, &config.include);
+    }
 }
 
 /// Binds `[admin]` and serves it from now on, not ready yet.
@@ -216,20 +336,39 @@ async fn wait_idle(agent: &Agent, limit: Duration) {
     }
 }
 
-/// SIGHUP: a valid new config replaces the policy and limits for new connections and
-/// adds, restarts or removes listeners; an invalid one changes nothing.
-async fn reload(agent: &Arc<Agent>, path: &Path) {
+/// SIGHUP or a watched change: a valid new config replaces the policy and limits for new
+/// connections and adds, restarts or removes listeners; an invalid one changes nothing.
+/// Logs one line naming `origin` and the outcome; returns the config if it applied.
+async fn reload(agent: &Arc<Agent>, path: &Path, origin: Origin) -> Option<config::Config> {
     // Through anyhow, whose `{:#}` also prints the error's causes.
-    let (live, config, text) = match Snapshot::load_with_text(path).map_err(anyhow::Error::from) {
+    let loaded = Snapshot::load_with_text(path).map_err(anyhow::Error::from);
+    apply(agent, loaded, path, origin).await
+}
+
+/// A refused reload: its one line, and the admin endpoint's reload result.
+fn refused(agent: &Agent, err: &anyhow::Error, origin: Origin) {
+    let origin = origin.as_str();
+    log::error!("reload refused ({origin}), keeping the running config: {err:#}");
+    if let Some((_, admin)) = &agent.admin {
+        admin.reload_failed(&format!("{err:#}"));
+    }
+}
+
+/// Swaps in a loaded config (from `path`, a file or a URL), or refuses a failed load.
+async fn apply(
+    agent: &Arc<Agent>,
+    loaded: anyhow::Result<(Snapshot, config::Config, String)>,
+    path: &Path,
+    origin: Origin,
+) -> Option<config::Config> {
+    let (live, config, text) = match loaded {
         Ok(loaded) => loaded,
         Err(err) => {
-            log::error!("reload refused, keeping the running config: {err:#}");
-            if let Some((_, admin)) = &agent.admin {
-                admin.reload_failed(&format!("{err:#}"));
-            }
-            return;
+            refused(agent, &err, origin);
+            return None;
         }
     };
+    let origin = origin.as_str();
     if datapath_mode(config.datapath) != agent.datapath.mode() {
         log::warn!("reload: a datapath change takes effect only after a restart");
     }
@@ -269,11 +408,12 @@ async fn reload(agent: &Arc<Agent>, path: &Path) {
         }
     }
     log::info!(
-        "reloaded {}: {} listeners, {} rules",
+        "reloaded {} ({origin}): {} listeners, {} rules",
         path.display(),
         config.listeners.len(),
         config.policy.rules.len()
     );
+    Some(config)
 }
 
 async fn bind(config: &ListenerConfig) -> anyhow::Result<TcpListener> {

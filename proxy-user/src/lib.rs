@@ -8,6 +8,8 @@
 //! - [`tls`]: the incremental ClientHello assembler and first-bytes classifier.
 //! - [`cli`]: the subcommands (`run`, `check`, `decide`, `doctor`, `relay`, `status`).
 //! - [`agent`]: `sockgate run`: listeners, reload and shutdown.
+//! - [`watch`]: `run --watch`: the config's directories, watched for changes.
+//! - [`source`]: `[source] url`: the config fetched over HTTPS, polled and cached.
 //! - [`session`]: one connection's flow, from accept to close.
 //! - [`pulse`]: the lifecycle phase and idle tick the agent sends every session, and the
 //!   wait until a relayed connection is idle or closed.
@@ -49,6 +51,8 @@ pub mod relay;
 pub mod session;
 pub mod snapshot;
 pub mod sockopt;
+pub mod source;
 pub mod task_size;
 pub mod tls;
 pub mod upstream;
+pub mod watch;

@@ -4,8 +4,8 @@
 
 use std::path::Path;
 
-use crate::config::{Config, ConfigError, Limits};
-use crate::policy::{Policy, PolicyError};
+use crate::config::{Config, ConfigError, Included, Limits};
+use crate::policy::{Policy, PolicyError, RuleProblem};
 use crate::upstream::Resolver;
 
 /// The config a connection runs under: a snapshot, so a reload never changes a connection
@@ -30,6 +30,15 @@ pub enum SnapshotError {
     /// A rule is invalid.
     #[error(transparent)]
     Policy(#[from] PolicyError),
+    /// A rule of an included file is invalid: its `path:line:column`, and the error with
+    /// the rule numbered within that file.
+    #[error("{location}: {error}")]
+    IncludedRule {
+        /// Where the rule is.
+        location: String,
+        /// What is wrong with it.
+        error: PolicyError,
+    },
     /// `[resolver] nameservers` parses, but nothing uses it yet.
     #[error(
         "resolver.nameservers is not supported yet: sockgate uses the system resolver \
@@ -39,31 +48,36 @@ pub enum SnapshotError {
 }
 
 impl Snapshot {
-    /// Loads a config file. The config comes back too, for what the agent reads from it
-    /// once (listeners, datapath).
+    /// Loads a config file and the files it includes. The config comes back too, for
+    /// what the agent reads from it once (listeners, datapath).
     pub fn load(path: &Path) -> Result<(Snapshot, Config), SnapshotError> {
-        Self::build(Config::read(path)?)
+        Self::load_with_text(path).map(|(snapshot, config, _)| (snapshot, config))
     }
 
-    /// Like [`Snapshot::load`], with the file's text too: the admin endpoint shows its hash.
+    /// Like [`Snapshot::load`], with the text too (the file's, then each included file's):
+    /// the admin endpoint shows its hash.
     pub fn load_with_text(path: &Path) -> Result<(Snapshot, Config, String), SnapshotError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let (snapshot, config) = Self::parse(&text, &path.display().to_string())?;
+        let (config, mut text, included) = Config::read(path)?;
+        let (snapshot, config) = Self::build(config, &path.display().to_string(), &included)?;
+        for file in included {
+            text.push_str(&file.text);
+        }
         Ok((snapshot, config, text))
     }
 
-    /// Loads config text; `origin` names it in errors.
+    /// Loads config text; `origin` names it in errors. It includes nothing.
     pub fn parse(text: &str, origin: &str) -> Result<(Snapshot, Config), SnapshotError> {
-        Self::build(Config::from_toml(text, origin)?)
+        Self::build(Config::from_toml(text, origin)?, origin, &[])
     }
 
-    fn build(config: Config) -> Result<(Snapshot, Config), SnapshotError> {
+    fn build(
+        config: Config,
+        origin: &str,
+        included: &[Included],
+    ) -> Result<(Snapshot, Config), SnapshotError> {
         // Rules before the rest, as validation always went: a file with several mistakes
         // reports the same one as before.
-        let policy = Policy::compile(&config.policy)?;
+        let policy = Policy::compile(&config.policy).map_err(|e| locate(e, origin, included))?;
         config.validate()?;
         if config.resolver.nameservers.is_some() {
             return Err(SnapshotError::NameserversUnsupported);
@@ -74,6 +88,33 @@ impl Snapshot {
             resolver: Resolver::new(&config.resolver),
         };
         Ok((snapshot, config))
+    }
+}
+
+/// Names the included file a bad rule came from, numbering rules within each file. A
+/// rule of the config file itself is reported as it always was.
+fn locate(mut error: PolicyError, origin: &str, included: &[Included]) -> SnapshotError {
+    let file_of = |index: usize| {
+        included
+            .iter()
+            .find(|f| (f.first..f.first + f.len).contains(&index))
+    };
+    let Some(file) = file_of(error.rule.index) else {
+        return SnapshotError::Policy(error);
+    };
+    error.rule.index -= file.first;
+    if let RuleProblem::DuplicateName(first) = error.problem {
+        error.problem = match file_of(first) {
+            Some(other) if std::ptr::eq(other, file) => {
+                RuleProblem::DuplicateName(first - file.first)
+            }
+            Some(other) => RuleProblem::DuplicateNameAt(other.locate(first - other.first)),
+            None => RuleProblem::DuplicateNameAt(format!("{origin}, rule #{}", first + 1)),
+        };
+    }
+    SnapshotError::IncludedRule {
+        location: file.locate(error.rule.index),
+        error,
     }
 }
 

@@ -164,3 +164,109 @@ fn decide_shows_the_mode() {
         "{\"action\":\"deny\",\"rule\":null,\"fqdn\":\"other.test\",\"reason\":\"default\",\"mode\":\"audit\"}\n"
     );
 }
+
+/// Writes a config that includes `policy.d/*.toml` and the given rule files, each
+/// `(name, text)`; returns the config's path.
+fn with_includes(dir_name: &str, files: &[(&str, String)]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("sockgate-cli-{dir_name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("policy.d")).expect("temp dir");
+    for (name, text) in files {
+        std::fs::write(dir.join("policy.d").join(name), text).expect("write a rule file");
+    }
+    let path = dir.join("sockgate.toml");
+    std::fs::write(
+        &path,
+        "include = [\"policy.d/*.toml\"]\n\
+         [[listener]]\nname = \"sni\"\naddress = \"127.0.0.1:8443\"\nmode = \"sni\"\nupstream_port = 443\n\
+         [[policy.rule]]\nname = \"main\"\naction = \"allow\"\nfqdn = [\"main.example\"]\n",
+    )
+    .expect("write the config");
+    path
+}
+
+fn rule(name: &str, extra: &str) -> String {
+    format!(
+        "# {name}\n[[policy.rule]]\nname = \"{name}\"\naction = \"allow\"\nfqdn = [\"{name}.example\"]\n{extra}"
+    )
+}
+
+#[test]
+fn check_follows_includes_in_name_order() {
+    let path = with_includes(
+        "include-ok",
+        &[
+            // Both files have a rule for a.example: the first match wins.
+            (
+                "20-b.toml",
+                rule("b", "").replace("\"b.example", "\"a.example"),
+            ),
+            (
+                "10-a.toml",
+                rule("a", "") + &rule("deny-c", "").replace("allow", "deny"),
+            ),
+        ],
+    );
+    let out = sockgate(&["check", "-c", path.to_str().expect("UTF-8 path")]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "ok: 1 listener, 4 rules (3 allow, 1 deny), default deny\n"
+    );
+    let out = sockgate(&[
+        "decide",
+        "-c",
+        path.to_str().expect("UTF-8 path"),
+        "--fqdn",
+        "a.example",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("{\"action\":\"allow\",\"rule\":\"a\""),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_names_the_included_file_line_and_rule() {
+    let bad = rule("ok", "") + &rule("bad", "ports = [70000]\n");
+    let path = with_includes(
+        "include-bad",
+        &[
+            ("10-first.toml", rule("first", "")),
+            ("20-second.toml", bad),
+        ],
+    );
+    let out = sockgate(&["check", "-c", path.to_str().expect("UTF-8 path")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let second = path.with_file_name("policy.d/20-second.toml");
+    // The second rule of that file: its header is on line 7.
+    let want = format!(
+        "{}:7:1: rule #2 (\"bad\"): field `ports`: port 70000 out of range 1-65535",
+        second.display()
+    );
+    assert!(stderr.contains(&want), "{stderr:?} should contain {want:?}");
+
+    let path = with_includes(
+        "include-dup",
+        &[
+            ("10-first.toml", rule("first", "")),
+            ("20-second.toml", rule("first", "")),
+        ],
+    );
+    let out = sockgate(&["check", "-c", path.to_str().expect("UTF-8 path")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let first = path.with_file_name("policy.d/10-first.toml");
+    let want = format!(
+        "{}:2:1: rule #1 (\"first\"): field `name`: duplicate name, already used at {}:2:1",
+        path.with_file_name("policy.d/20-second.toml").display(),
+        first.display()
+    );
+    assert!(stderr.contains(&want), "{stderr:?} should contain {want:?}");
+}

@@ -136,12 +136,26 @@ impl Agent {
     }
 
     /// Starts `sockgate` as `cmd` (the binary, or a wrapper that runs it) with `run -c`.
-    fn start_with(config: &str, mut cmd: Command) -> Self {
+    fn start_with(config: &str, cmd: Command) -> Self {
         let dir = TempDir::new("agent");
         let path = config_file(&dir, config);
+        Self::start_cmd(dir, path, cmd, &[])
+    }
+
+    /// Starts `sockgate run -c path` with `args` on a config the caller laid out in `dir`,
+    /// which lives as long as the agent.
+    pub fn start_at(dir: TempDir, path: PathBuf, args: &[&str]) -> Self {
+        Self::start_cmd(dir, path, Command::new(crate::sockgate_bin()), args)
+    }
+
+    fn start_cmd(dir: TempDir, path: PathBuf, mut cmd: Command, args: &[&str]) -> Self {
         let proc = Proc::spawn(
             "sockgate",
-            cmd.arg("run").arg("-c").arg(&path).env("RUST_LOG", "info"),
+            cmd.arg("run")
+                .arg("-c")
+                .arg(&path)
+                .args(args)
+                .env("RUST_LOG", "info"),
             false,
         );
         let mut agent = Self {

@@ -1,7 +1,8 @@
-//! `cargo xtask`: setup, build, run, test, bench, fuzz and soak for sockgate.
+//! `cargo xtask`: setup, build, dist, run, test, bench, fuzz and soak for sockgate.
 
 mod bench;
 mod build;
+mod dist;
 mod exec;
 mod fuzz;
 mod run;
@@ -24,6 +25,8 @@ enum Command {
     Setup,
     /// Build the eBPF program and the `sockgate` binary.
     Build(build::Args),
+    /// Build the Debian package, target/debian/sockgate.deb (cargo-deb).
+    Dist,
     /// Set up, build, and run sockgate with examples/sockgate.toml.
     Run(run::Args),
     /// Set up, build, and run every test (needs root for the BPF and netns tests).
@@ -40,6 +43,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Setup => setup::run(),
         Command::Build(args) => build::run(&args),
+        Command::Dist => dist::run(),
         Command::Run(args) => run::run(args),
         Command::Test(args) => test::run(args),
         Command::Bench(args) => bench::run(args),

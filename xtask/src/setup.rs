@@ -24,7 +24,13 @@ const APT_PACKAGES: &[&str] = &[
     "systemd",
     // A real Prometheus scrapes the admin endpoint, and promtool checks /metrics.
     "prometheus",
+    // The HTTPS config server of tests/tests/e2e_source.rs (http.server wrapped in ssl).
+    "python3",
 ];
+
+/// tests/tests/manifests.rs validates deploy/kubernetes/ with it, offline: the package
+/// bundles the schemas. Pinned, so the Kubernetes versions it bundles stay put.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 /// The nightly toolchain that builds the eBPF crate (the only one on this machine kind).
 const NIGHTLY: &str = "nightly";
@@ -33,7 +39,37 @@ pub fn run() -> anyhow::Result<()> {
     rust_src()?;
     bpf_linker()?;
     apt_packages()?;
+    kubernetes_validate()?;
+    cargo_deb()?;
     Ok(())
+}
+
+/// Whether `tool --version` runs and exits 0.
+fn works(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn kubernetes_validate() -> anyhow::Result<()> {
+    if works("kubernetes-validate") {
+        return Ok(());
+    }
+    exec(Command::new("python3").args(["-m", "pip", "install", KUBERNETES_VALIDATE]))
+}
+
+/// `cargo xtask dist` builds the Debian package with it.
+fn cargo_deb() -> anyhow::Result<()> {
+    let installed = Command::new("cargo")
+        .args(["deb", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed {
+        return Ok(());
+    }
+    // 3.x: the metadata uses its systemd-units keys.
+    exec(Command::new("cargo").args(["install", "cargo-deb", "--version", "^3", "--locked"]))
 }
 
 fn rust_src() -> anyhow::Result<()> {
@@ -54,11 +90,7 @@ fn rust_src() -> anyhow::Result<()> {
 /// libLLVM. It is built against a prefix of symlinks to that library and finds it at run time
 /// through an rpath to the same prefix, so it keeps working in any later shell.
 fn bpf_linker() -> anyhow::Result<()> {
-    let works = Command::new("bpf-linker")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if works {
+    if works("bpf-linker") {
         return Ok(());
     }
     let sysroot =

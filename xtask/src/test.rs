@@ -15,6 +15,8 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     crate::build::run(&crate::build::Args { release: false })?;
+    // tests/tests/package.rs installs the .deb; building it here keeps that test fast.
+    crate::dist::run()?;
     let root = workspace_root();
     exec(
         Command::new("cargo")

@@ -12,23 +12,37 @@
 //! differently, and each piece it cuts out is a TOML document on its own: a rule table's
 //! keys are those of one array element, whatever the surrounding file says.
 
+use serde::de::DeserializeOwned;
 use toml_parser::Source;
 use toml_parser::lexer::TokenKind;
 
 use super::rules::{self, RuleList, Writer};
 use super::{Config, RuleConfig};
 
+/// A document whose `[[policy.rule]]` tables this path may cut out: the config, or an
+/// included rule file.
+pub(super) trait WithRules: DeserializeOwned {
+    /// Its `policy.rule` list.
+    fn rules_mut(&mut self) -> &mut RuleList;
+}
+
+impl WithRules for Config {
+    fn rules_mut(&mut self) -> &mut RuleList {
+        &mut self.policy.rules
+    }
+}
+
 /// The only header this path cuts out, spelled exactly so.
 const RULE_HEADER: &str = "[[policy.rule]]";
 
 /// Parses `text`, or `None` if the whole text must go through `toml` instead.
-pub(super) fn parse(text: &str) -> Option<Config> {
+pub(super) fn parse<T: WithRules>(text: &str) -> Option<T> {
     let mut rest = String::new();
     let mut rules = RuleList::new();
     for chunk in chunks(text)? {
         match chunk {
             Chunk::Other(part) => rest.push_str(part),
-            Chunk::Rule(body) => {
+            Chunk::Rule { body, .. } => {
                 if !read_rule(body, &mut rules) {
                     // A form the small parser does not take: let `toml` read the table.
                     let rule: RuleConfig = toml::from_str(body).ok()?;
@@ -37,23 +51,36 @@ pub(super) fn parse(text: &str) -> Option<Config> {
             }
         }
     }
-    let mut config: Config = toml::from_str(&rest).ok()?;
+    let mut config: T = toml::from_str(&rest).ok()?;
     if !rules.is_empty() {
         // Rules spelled some other way too (`[[ policy.rule ]]`, `rule = [...]`): their
         // order relative to these is lost here, so read the whole text instead.
-        if !config.policy.rules.is_empty() {
+        if !config.rules_mut().is_empty() {
             return None;
         }
         rules.shrink_to_fit();
-        config.policy.rules = rules;
+        *config.rules_mut() = rules;
     }
     Some(config)
 }
 
+/// Where the `index`th (from 0) `[[policy.rule]]` header of `text` starts, for error
+/// messages; `None` if the rules are not all spelled so.
+pub(super) fn rule_header(text: &str, index: usize) -> Option<usize> {
+    chunks(text)?
+        .into_iter()
+        .filter_map(|chunk| match chunk {
+            Chunk::Rule { header, .. } => Some(header),
+            Chunk::Other(_) => None,
+        })
+        .nth(index)
+}
+
 /// A piece of the document.
 enum Chunk<'a> {
-    /// The body of a `[[policy.rule]]` table (after its header line).
-    Rule(&'a str),
+    /// A `[[policy.rule]]` table: where its header starts, and its body (after the
+    /// header line).
+    Rule { header: usize, body: &'a str },
     /// Anything else, headers included.
     Other(&'a str),
 }
@@ -62,7 +89,7 @@ enum Chunk<'a> {
 fn chunks(text: &str) -> Option<Vec<Chunk<'_>>> {
     let mut out = Vec::new();
     // Where the current chunk starts, and whether it is a rule table's body.
-    let (mut start, mut in_rule) = (0, false);
+    let (mut start, mut in_rule, mut header) = (0, false, 0);
     // Bracket depth inside values, and whether only whitespace precedes on this line.
     let (mut depth, mut line_start) = (0usize, true);
     let mut tokens = Source::new(text).lex();
@@ -86,12 +113,16 @@ fn chunks(text: &str) -> Option<Vec<Chunk<'_>>> {
                 }
                 let piece = &text[start..header_start];
                 out.push(if in_rule {
-                    Chunk::Rule(piece)
+                    Chunk::Rule {
+                        header,
+                        body: piece,
+                    }
                 } else {
                     Chunk::Other(piece)
                 });
                 in_rule = &text[header_start..header_end] == RULE_HEADER;
                 if in_rule {
+                    header = header_start;
                     start = line_end;
                 } else {
                     start = header_start;
@@ -112,7 +143,10 @@ fn chunks(text: &str) -> Option<Vec<Chunk<'_>>> {
     }
     let piece = &text[start..];
     out.push(if in_rule {
-        Chunk::Rule(piece)
+        Chunk::Rule {
+            header,
+            body: piece,
+        }
     } else {
         Chunk::Other(piece)
     });
@@ -368,7 +402,7 @@ name = "inside a string"
             "[policy\n",
             "x = ]\n",
         ] {
-            assert_eq!(parse(text), None, "{text}");
+            assert_eq!(parse::<Config>(text), None, "{text}");
         }
     }
 

@@ -10,11 +10,13 @@ mod admin;
 mod datapath;
 pub mod duration;
 mod fast_path;
+mod include;
 mod limits;
 mod listener;
 mod policy;
 mod resolver;
 mod rules;
+mod source;
 
 use std::fmt;
 use std::path::Path;
@@ -23,6 +25,7 @@ use serde::Deserialize;
 
 pub use admin::{AdminConfig, AdminError};
 pub use datapath::Datapath;
+pub use include::Included;
 pub use limits::{LimitError, Limits, MAX_CLIENT_HELLO, MIN_CLIENT_HELLO};
 pub use listener::{
     ListenerConfig, ListenerError, ListenerKind, ListenerMode, ListenerProblem, ProxyVersion,
@@ -31,11 +34,19 @@ pub use listener::{
 pub use policy::{Action, DenyWith, PolicyConfig, PolicyMode, RuleConfig};
 pub use resolver::{NameServer, ResolverConfig, ResolverError};
 pub use rules::{Ints, RuleList, RuleView, Strs};
+pub use source::{HttpsUrl, SourceConfig, SourceError};
 
 /// The whole config file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Rule files to append, as globs relative to this file's directory, each expanded
+    /// in name order.
+    #[serde(default)]
+    pub include: Vec<String>,
+    /// Reload when this file or an included file changes, as `run --watch`; read at start.
+    #[serde(default)]
+    pub watch: bool,
     /// How allowed connections are relayed once the handshake is checked.
     #[serde(default)]
     pub datapath: Datapath,
@@ -54,6 +65,9 @@ pub struct Config {
     /// `[admin]`; absent means no admin endpoint.
     #[serde(default)]
     pub admin: Option<AdminConfig>,
+    /// `[source]`; present, the config comes from its URL and this file holds it alone.
+    #[serde(default)]
+    pub source: Option<SourceConfig>,
 }
 
 /// Why a config cannot be used. The operator caused every one of them. (A bad rule is the
@@ -78,6 +92,14 @@ pub enum ConfigError {
         /// What the parser said.
         message: String,
     },
+    /// An `include` pattern is not a glob, or its directory cannot be listed.
+    #[error("include `{pattern}`: {message}")]
+    Include {
+        /// The pattern as written.
+        pattern: String,
+        /// What is wrong with it.
+        message: String,
+    },
     /// A listener is invalid.
     #[error(transparent)]
     Listener(#[from] ListenerError),
@@ -90,6 +112,9 @@ pub enum ConfigError {
     /// `[admin]` is invalid.
     #[error(transparent)]
     Admin(#[from] AdminError),
+    /// `[source]` is invalid.
+    #[error(transparent)]
+    Source(#[from] SourceError),
 }
 
 /// A 1-based line and column in a config file.
@@ -99,6 +124,17 @@ pub struct Position {
     pub line: usize,
     /// The column in characters, from 1.
     pub column: usize,
+}
+
+impl ConfigError {
+    /// A TOML error in `text`, which came from `origin`.
+    fn syntax(text: &str, origin: &str, e: &toml::de::Error) -> ConfigError {
+        ConfigError::Syntax {
+            origin: origin.to_owned(),
+            position: Position::of(text, e.span().map_or(0, |s| s.start)),
+            message: e.message().trim_end().replace('\n', "; "),
+        }
+    }
 }
 
 impl Position {
@@ -120,14 +156,18 @@ impl fmt::Display for Position {
 }
 
 impl Config {
-    /// Reads and parses a config file: TOML syntax, types and unknown keys. Not validated:
-    /// [`Config::validate`] checks the rest.
-    pub fn read(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads and parses a config file and the files it includes: TOML syntax, types and
+    /// unknown keys. Not validated: [`Config::validate`] checks the rest. The file's own
+    /// text comes back too, and the included files with theirs.
+    pub fn read(path: &Path) -> Result<(Config, String, Vec<Included>), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        Self::from_toml(&text, &path.display().to_string())
+        let mut config = Self::from_toml(&text, &path.display().to_string())?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let included = include::expand(&mut config, dir)?;
+        Ok((config, text, included))
     }
 
     /// Parses and validates config text (all but the rules); `origin` names it in errors.
@@ -143,11 +183,7 @@ impl Config {
         // included, goes through `toml` whole.
         let config = match fast_path::parse(text) {
             Some(config) => config,
-            None => toml::from_str(text).map_err(|e| ConfigError::Syntax {
-                origin: origin.to_owned(),
-                position: Position::of(text, e.span().map_or(0, |s| s.start)),
-                message: e.message().trim_end().replace('\n', "; "),
-            })?,
+            None => toml::from_str(text).map_err(|e| ConfigError::syntax(text, origin, &e))?,
         };
         Ok(config)
     }
@@ -160,6 +196,17 @@ impl Config {
         self.limits.validate()?;
         if let Some(admin) = &self.admin {
             admin.validate()?;
+        }
+        if let Some(source) = &self.source {
+            source.validate()?;
+            let alone = Config {
+                source: None,
+                watch: false,
+                ..self.clone()
+            };
+            if alone != Config::default() {
+                return Err(SourceError::NotAlone.into());
+            }
         }
         Ok(())
     }

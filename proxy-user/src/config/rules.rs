@@ -161,6 +161,12 @@ impl RuleList {
         w.finish();
     }
 
+    /// Appends every rule of `other`, in order.
+    pub fn append(&mut self, other: &RuleList) {
+        self.bytes.extend_from_slice(&other.bytes);
+        self.len += other.len;
+    }
+
     /// Starts appending a rule field by field; the caller writes each field at most once.
     pub(super) fn writer(&mut self) -> Writer<'_> {
         Writer { list: self }

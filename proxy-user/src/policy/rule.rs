@@ -54,6 +54,9 @@ pub enum RuleProblem {
     /// Another rule already has this name.
     #[error("duplicate name, already used by rule #{}", .0 + 1)]
     DuplicateName(usize),
+    /// A rule of another file already has this name: that file's `path:line:column`.
+    #[error("duplicate name, already used at {0}")]
+    DuplicateNameAt(String),
     /// An action other than allow or deny.
     #[error("unknown action `{0}` (expected allow or deny)")]
     UnknownAction(String),
