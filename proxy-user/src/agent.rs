@@ -441,6 +441,8 @@ async fn start_listener(agent: &Arc<Agent>, config: &ListenerConfig) -> anyhow::
     let info = Arc::new(ListenerInfo {
         name: config.name.clone(),
         kind: config.kind(),
+        proxy_protocol: config.proxy_protocol,
+        send_proxy_protocol: config.send_proxy_protocol.is_some(),
         admin: agent.admin.as_ref().map(|(_, a)| a.reporter(&config.name)),
     });
     log::info!(

@@ -29,7 +29,13 @@ pub enum FqdnSource {
 pub struct Decision {
     pub conn: u64,
     pub listener: String,
+    /// The client: the TCP peer, or on a `proxy_protocol` listener the address its PROXY
+    /// header names.
     pub client: SocketAddr,
+    /// The TCP peer, when a PROXY header named another client (the balancer); left out
+    /// otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<SocketAddr>,
     /// Where sockgate connected (or would have): `ip:port`, or `host:port` before resolution.
     pub dst: Option<String>,
     pub fqdn: Option<String>,
@@ -59,6 +65,7 @@ impl Decision {
             conn,
             listener: listener.to_owned(),
             client,
+            via: None,
             dst: None,
             fqdn: None,
             fqdn_source: FqdnSource::None,

@@ -14,6 +14,7 @@
 //! - [`pulse`]: the lifecycle phase and idle tick the agent sends every session, and the
 //!   wait until a relayed connection is idle or closed.
 //! - [`connect_request`]: the CONNECT request parser.
+//! - [`proxy_header`]: the PROXY protocol header, read from a balancer and sent upstream.
 //! - [`upstream`]: resolving and connecting to servers.
 //! - [`events`]: the JSON decision log.
 //! - [`ebpf`]: loading the kernel program, its maps and the aya-log reader.
@@ -44,6 +45,7 @@ pub mod kernel_layout;
 pub mod names;
 pub mod notify;
 pub mod policy;
+pub mod proxy_header;
 pub mod pulse;
 pub mod relay;
 pub mod session;

@@ -15,7 +15,14 @@ use anyhow::{Context as _, bail};
 use crate::exec::{exec, workspace_root};
 
 /// Every fuzz target, in the order they run.
-const TARGETS: &[&str] = &["client_hello", "connect", "config", "server_hello", "names"];
+const TARGETS: &[&str] = &[
+    "client_hello",
+    "connect",
+    "config",
+    "server_hello",
+    "names",
+    "proxy_header",
+];
 
 /// The toolchain cargo-fuzz needs (sanitizers and `-Z` flags).
 const NIGHTLY: &str = "nightly";
@@ -25,7 +32,8 @@ const TIMEOUT_SECS: u32 = 10;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Targets to run (default: all of client_hello, connect, config, server_hello, names).
+    /// Targets to run (default: all of client_hello, connect, config, server_hello, names,
+    /// proxy_header).
     targets: Vec<String>,
     /// Stop each target after this many executions.
     #[arg(long, conflicts_with = "time")]

@@ -232,6 +232,13 @@ impl Connections {
         self.shard(conn).open.insert(conn, entry);
     }
 
+    /// Replaces a connection's client with the one its PROXY header named.
+    pub fn proxied(&self, conn: u64, client: SocketAddr) {
+        if let Some(entry) = self.shard(conn).open.get_mut(&conn) {
+            entry.client = client;
+        }
+    }
+
     /// Marks a connection handed to the datapath on `path`; `live` reads its bytes, of
     /// which the first `head` up are not counted.
     pub fn relaying(

@@ -196,6 +196,11 @@ impl Reporter {
         self.admin.connections.open(conn, listener, client);
     }
 
+    /// A connection whose PROXY header named `client`, the address shown from now on.
+    pub fn proxied(&self, conn: u64, client: SocketAddr) {
+        self.admin.connections.proxied(conn, client);
+    }
+
     /// A connection's decision line, written `took` after its accept.
     pub fn decided(&self, line: &events::Decision, took: Duration) {
         self.admin.metrics.decided(&self.listener, line, took);

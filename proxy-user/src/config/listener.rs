@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+pub use crate::proxy_header::Version as ProxyVersion;
+
 /// How a listener learns where a connection is going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -47,6 +49,21 @@ pub struct ListenerConfig {
     /// transparent only: the traffic comes from an nftables TPROXY rule rather than
     /// REDIRECT, so the socket needs IP_TRANSPARENT (default false).
     pub tproxy: Option<bool>,
+    /// Any mode: a PROXY protocol header of this version comes before anything else, from
+    /// a load balancer; the client address it carries is the one decided on and logged
+    /// (default none). Only for listeners that clients cannot reach directly.
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// Any mode: write a PROXY protocol header to the upstream before the client's bytes,
+    /// so the server sees the client's address (default none; only "v2").
+    pub send_proxy_protocol: Option<SendProxyProtocol>,
+}
+
+/// The PROXY protocol versions sockgate sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SendProxyProtocol {
+    /// The binary header; v1 is not sent.
+    V2,
 }
 
 /// A validated listener's mode with its mode-specific settings, defaults applied.

@@ -27,7 +27,10 @@ pub use admin::{AdminConfig, AdminError};
 pub use datapath::Datapath;
 pub use include::Included;
 pub use limits::{LimitError, Limits, MAX_CLIENT_HELLO, MIN_CLIENT_HELLO};
-pub use listener::{ListenerConfig, ListenerError, ListenerKind, ListenerMode, ListenerProblem};
+pub use listener::{
+    ListenerConfig, ListenerError, ListenerKind, ListenerMode, ListenerProblem, ProxyVersion,
+    SendProxyProtocol,
+};
 pub use policy::{Action, DenyWith, PolicyConfig, PolicyMode, RuleConfig};
 pub use resolver::{NameServer, ResolverConfig, ResolverError};
 pub use rules::{Ints, RuleList, RuleView, Strs};

@@ -5,7 +5,11 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::{
-    admin::Reporter, config::ListenerKind, datapath::Datapath, pulse::Pulse, snapshot::Snapshot,
+    admin::Reporter,
+    config::{ListenerKind, ProxyVersion},
+    datapath::Datapath,
+    pulse::Pulse,
+    snapshot::Snapshot,
 };
 
 /// One listener's identity and mode.
@@ -15,6 +19,10 @@ pub struct ListenerInfo {
     pub name: String,
     /// Its mode and mode-specific settings.
     pub kind: ListenerKind,
+    /// The PROXY protocol header its clients' streams start with, if any.
+    pub proxy_protocol: Option<ProxyVersion>,
+    /// Whether a PROXY v2 header goes to each upstream before the client's bytes.
+    pub send_proxy_protocol: bool,
     /// What its connections report to the admin endpoint; `None` without `[admin]`.
     pub admin: Option<Reporter>,
 }

@@ -1,29 +1,32 @@
-//! Steps 2 to 6 for each listener mode, within `handshake_timeout` and until shutdown.
+//! Steps 2 to 6 for each listener mode, after the PROXY header if the listener takes one,
+//! within `handshake_timeout` and until shutdown.
 //! Each step takes what the one before it learned and returns what the next needs; the
 //! decision line is where they note what they learned, for the log.
 
-use std::{net::SocketAddr, time::Instant};
+use std::{future::Future, net::SocketAddr, time::Instant};
 
 use super::{
     Context,
     decide::{self, Admitted},
     first_flight::{self, FirstFlight},
+    proxied::{self, Inbound},
     refusal::{ClientFault, Ending, Refusal, UpstreamFault},
     refuse::Channel,
     route::{self, Route},
     server_hello,
 };
 use crate::{
-    config::ListenerKind, datapath::Endpoint, events, names, pulse::Phase, sockopt, tls::Protocol,
-    upstream,
+    config::ListenerKind, datapath::Endpoint, events, names, proxy_header, pulse::Phase, sockopt,
+    tls::Protocol, upstream,
 };
 
 /// An allowed connection whose handshake is through, ready to relay.
 pub struct Relayable {
     /// The server, adopted by the datapath.
     pub upstream: Endpoint,
-    /// The CONNECT request head's length: read from the client but never sent upstream,
-    /// so `bytes_up` leaves it out (as `bytes_down` leaves out our 200).
+    /// The CONNECT request head's and the PROXY header's length: read from the client but
+    /// never sent upstream, so `bytes_up` leaves them out (as `bytes_down` leaves out our
+    /// 200).
     pub request_head: u64,
     /// Why the policy allowed it.
     pub admitted: Admitted,
@@ -51,15 +54,16 @@ pub async fn run(
     client: &mut Endpoint,
     line: &mut events::Decision,
 ) -> Result<Relayable, Refused> {
-    let mut pulse = cx.pulse.clone();
-    let limit = cx.live.limits.handshake_timeout;
-    let handshake = tokio::time::timeout(limit, by_route(cx, client, line));
-    let mut result = tokio::select! {
-        result = handshake => result.unwrap_or_else(|_| Err(Refusal::from(Ending::Timeout).into())),
-        _ = pulse.wait_for(|p| p.phase != Phase::Running) => {
-            Err(Refusal::from(Ending::Shutdown).into())
-        }
-    };
+    // The PROXY header and the steps after it share one `handshake_timeout`.
+    let deadline = tokio::time::Instant::now() + cx.live.limits.handshake_timeout;
+    let mut result = async {
+        let inbound = proxy_header(cx, client, line, deadline).await?;
+        let steps = by_route(cx, client, line, inbound);
+        let mut relayable = within(cx, deadline, steps, Ending::Timeout.into()).await?;
+        relayable.request_head += inbound.len;
+        Ok(relayable)
+    }
+    .await;
     // Whether the client can read an alert is known only now, from its first bytes.
     if let Err(Refused {
         channel: Channel::Stream { tls },
@@ -71,10 +75,48 @@ pub async fn run(
     result
 }
 
+/// On a `proxy_protocol` listener, the balancer's PROXY header, by `deadline`; a
+/// connection it names another client for shows that one in the admin endpoint too.
+async fn proxy_header(
+    cx: &Context,
+    client: &mut Endpoint,
+    line: &mut events::Decision,
+    deadline: tokio::time::Instant,
+) -> Result<Inbound, Refused> {
+    let Some(version) = cx.listener.proxy_protocol else {
+        return Ok(Inbound::default());
+    };
+    let header = async { Ok(proxied::read(version, client, line).await?) };
+    let inbound = within(cx, deadline, header, ClientFault::ProxyProtocol.into()).await?;
+    if let (Some(admin), Some(_)) = (&cx.listener.admin, line.via) {
+        admin.proxied(line.conn, line.client);
+    }
+    Ok(inbound)
+}
+
+/// Runs `step` until `deadline`, when it fails with `late`, or until shutdown starts.
+async fn within<T>(
+    cx: &Context,
+    deadline: tokio::time::Instant,
+    step: impl Future<Output = Result<T, Refused>>,
+    late: Refusal,
+) -> Result<T, Refused> {
+    let mut pulse = cx.pulse.clone();
+    tokio::select! {
+        result = tokio::time::timeout_at(deadline, step) => {
+            result.unwrap_or_else(|_| Err(late.into()))
+        }
+        _ = pulse.wait_for(|p| p.phase != Phase::Running) => {
+            Err(Refusal::from(Ending::Shutdown).into())
+        }
+    }
+}
+
 async fn by_route(
     cx: &Context,
     client: &mut Endpoint,
     line: &mut events::Decision,
+    inbound: Inbound,
 ) -> Result<Relayable, Refused> {
     let before_tunnel = |refusal: Refusal| Refused {
         refusal,
@@ -83,24 +125,26 @@ async fn by_route(
     let route = route::read(&cx.listener.kind, client, line)
         .await
         .map_err(before_tunnel)?;
+    let outbound = outbound(cx, client, line, inbound, &route).map_err(before_tunnel)?;
+    let outbound = outbound.as_deref();
     let (upstream, request_head, admitted) = match route {
         Route::Connect {
             host,
             port,
             head_len,
         } => {
-            let mut upstream = open_tunnel(cx, client, line, &host, port)
+            let mut upstream = open_tunnel(cx, client, line, outbound, &host, port)
                 .await
                 .map_err(before_tunnel)?;
             let admitted = through_tunnel(cx, client, line, &mut upstream, &host, port).await?;
             (upstream, head_len, admitted)
         }
         Route::Transparent { dst } => {
-            let (upstream, admitted) = transparent(cx, client, line, dst).await?;
+            let (upstream, admitted) = transparent(cx, client, line, outbound, dst).await?;
             (upstream, 0, admitted)
         }
         Route::Sni { port } => {
-            let (upstream, admitted) = sni(cx, client, line, port).await?;
+            let (upstream, admitted) = sni(cx, client, line, outbound, port).await?;
             (upstream, 0, admitted)
         }
     };
@@ -111,17 +155,42 @@ async fn by_route(
     })
 }
 
+/// The PROXY v2 header for the upstream, on a `send_proxy_protocol` listener: from the
+/// decision line's client to where it connected (at the balancer, the original
+/// destination, or this listener).
+fn outbound(
+    cx: &Context,
+    client: &Endpoint,
+    line: &events::Decision,
+    inbound: Inbound,
+    route: &Route,
+) -> Result<Option<Vec<u8>>, Refusal> {
+    if !cx.listener.send_proxy_protocol {
+        return Ok(None);
+    }
+    let destination = match (inbound.destination, route) {
+        (Some(destination), _) => destination,
+        (None, Route::Transparent { dst }) => *dst,
+        (None, _) => client
+            .stream()
+            .local_addr()
+            .map_err(|_| ClientFault::Closed)?,
+    };
+    Ok(Some(proxy_header::v2_header(line.client, destination)))
+}
+
 /// CONNECT, before the 200: decide on the host, connect, and open the tunnel.
 async fn open_tunnel(
     cx: &Context,
     client: &mut Endpoint,
     line: &mut events::Decision,
+    outbound: Option<&[u8]>,
     host: &str,
     port: u16,
 ) -> Result<Endpoint, Refusal> {
     decide::decide_connect(&cx.live.policy, line, host, port)?;
     let addrs = resolve(cx, host, port).await?;
-    let upstream = connect(cx, line, &addrs).await?;
+    let upstream = connect(cx, line, outbound, &addrs).await?;
     client
         .write_all(b"HTTP/1.1 200 Connection Established\r\n\r\n")
         .await
@@ -166,6 +235,7 @@ async fn transparent(
     cx: &Context,
     client: &mut Endpoint,
     line: &mut events::Decision,
+    outbound: Option<&[u8]>,
     dst: SocketAddr,
 ) -> Result<(Endpoint, Admitted), Refusal> {
     let (flight, admitted) = decide_on_sni(cx, client, line, dst.port()).await?;
@@ -183,7 +253,7 @@ async fn transparent(
             return Err(ClientFault::SniMismatch.into());
         }
     }
-    let mut upstream = connect(cx, line, &[dst]).await?;
+    let mut upstream = connect(cx, line, outbound, &[dst]).await?;
     forward(cx, client, line, &mut upstream, flight).await?;
     Ok((upstream, admitted))
 }
@@ -193,12 +263,13 @@ async fn sni(
     cx: &Context,
     client: &mut Endpoint,
     line: &mut events::Decision,
+    outbound: Option<&[u8]>,
     port: u16,
 ) -> Result<(Endpoint, Admitted), Refusal> {
     let (flight, admitted) = decide_on_sni(cx, client, line, port).await?;
     let name = flight.sni().ok_or(ClientFault::NoSni)?;
     let addrs = resolve(cx, name, port).await?;
-    let mut upstream = connect(cx, line, &addrs).await?;
+    let mut upstream = connect(cx, line, outbound, &addrs).await?;
     forward(cx, client, line, &mut upstream, flight).await?;
     Ok((upstream, admitted))
 }
@@ -226,10 +297,12 @@ async fn resolve(cx: &Context, host: &str, port: u16) -> Result<Vec<SocketAddr>,
     Ok(addrs.map_err(UpstreamFault::Unreachable)?)
 }
 
-/// Step 5: the new TCP connection to the server.
+/// Step 5: the new TCP connection to the server, and the PROXY header `outbound` on it
+/// first, before any of the client's bytes (or at once, if the server speaks first).
 async fn connect(
     cx: &Context,
     line: &mut events::Decision,
+    outbound: Option<&[u8]>,
     addrs: &[SocketAddr],
 ) -> Result<Endpoint, Refusal> {
     let started = Instant::now();
@@ -246,7 +319,16 @@ async fn connect(
     // finished: the server may already have seen a ClientHello. The datapath clears this
     // only once both directions have ended with FIN.
     let _ = sockopt::set_linger_zero(&stream);
-    Ok(cx.datapath.adopt(stream, line.conn))
+    let mut upstream = cx.datapath.adopt(stream, line.conn);
+    if let Some(header) = outbound {
+        // Counted as written, as the FIN drain needs; the close line counts only bytes
+        // read from each side, so the header is never in it.
+        upstream
+            .write_all(header)
+            .await
+            .map_err(|_| UpstreamFault::Closed)?;
+    }
+    Ok(upstream)
 }
 
 /// Step 5, then 6: the first bytes exactly as received, then the server's answer.

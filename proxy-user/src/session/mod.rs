@@ -19,6 +19,7 @@ mod context;
 mod decide;
 mod first_flight;
 mod handshake;
+mod proxied;
 mod refusal;
 mod refuse;
 mod route;
@@ -220,6 +221,8 @@ mod tests {
             listener: Arc::new(ListenerInfo {
                 name: "test".into(),
                 kind: ListenerKind::Sni { upstream_port: 443 },
+                proxy_protocol: None,
+                send_proxy_protocol: false,
                 admin: None,
             }),
             pulse: pulse::never(),

@@ -47,6 +47,10 @@ pub enum ClientFault {
     /// The ClientHello after a HelloRetryRequest names another server.
     #[error("hrr_sni_changed")]
     HrrSniChanged,
+    /// On a `proxy_protocol` listener: no PROXY header, a malformed or oversized one, or
+    /// one slower than `handshake_timeout`.
+    #[error("proxy_protocol")]
+    ProxyProtocol,
 }
 
 /// What the server (or its DNS) did.
@@ -84,6 +88,9 @@ pub enum Ending {
     /// `max_connections` are open already.
     #[error("max_connections")]
     OverLimit,
+    /// A PROXY header without a client (a balancer's health check): accepted, then closed.
+    #[error("proxy_local")]
+    ProxyLocal,
     /// The transparent listener could not learn the original destination.
     #[error("original_dst: {0}")]
     OriginalDst(io::Error),
@@ -107,7 +114,7 @@ mod tests {
     /// The tokens are the decision line's interface; these spellings are documented.
     #[test]
     fn reason_tokens() {
-        let cases: [(Refusal, &str); 8] = [
+        let cases: [(Refusal, &str); 10] = [
             (Refusal::Policy(Reason::Default), "default"),
             (
                 Refusal::Policy(Reason::InvalidName(NameError::IpLiteral)),
@@ -128,6 +135,8 @@ mod tests {
                 "hello_retry_repeated",
             ),
             (Ending::OverLimit.into(), "max_connections"),
+            (ClientFault::ProxyProtocol.into(), "proxy_protocol"),
+            (Ending::ProxyLocal.into(), "proxy_local"),
         ];
         for (refusal, token) in cases {
             assert_eq!(refusal.to_string(), token);

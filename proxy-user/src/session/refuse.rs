@@ -21,6 +21,8 @@ pub enum Signal {
     Alert(u8),
     /// An HTTP status with a one-line reason, then FIN (CONNECT before the tunnel opened).
     Http(u16, &'static str),
+    /// FIN alone: a balancer's health check, which did nothing wrong.
+    Close,
 }
 
 /// What the client still understands when it is refused, which depends on how far the
@@ -37,6 +39,7 @@ pub enum Channel {
 /// when it was refused; `deny_with` is the policy's choice for denied TLS connections.
 pub fn signal_for(refusal: &Refusal, channel: Channel, named: bool, deny_with: DenyWith) -> Signal {
     match (channel, refusal) {
+        (_, Refusal::Sockgate(Ending::ProxyLocal)) => Signal::Close,
         (Channel::Http, Refusal::Policy(_)) => Signal::Http(403, "Forbidden"),
         (Channel::Http, Refusal::Client(ClientFault::BadRequest(reject))) => {
             let (status, text) = reject.status();
@@ -73,7 +76,7 @@ pub fn end_of(refusal: &Refusal, signal: Signal) -> End {
 /// Sends `signal` and closes the client socket; returns the bytes written to it in all.
 pub async fn refuse(mut client: Endpoint, signal: Signal, reason: &str) -> u64 {
     match signal {
-        Signal::Reset => {}
+        Signal::Reset | Signal::Close => {}
         Signal::Alert(description) => {
             // level 2 = fatal; record version 0x0303 as TLS 1.2 and 1.3 both send.
             let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, description];
