@@ -48,10 +48,10 @@ use crate::{
 /// connections with it).
 ///
 /// Every connection holds this future as its task for as long as it lasts, so it is kept
-/// small ([`crate::task_size`]): `open` is taken here rather than by a wrapping block that would hold the
-/// arguments once more, the accepted socket and its address come boxed (the future keeps
-/// room for its arguments after the handshake has moved them out), and the start time is
-/// kept in 8 bytes.
+/// small ([`crate::task_size`]): `open` is taken here rather than by a wrapping block that
+/// would hold the arguments once more, the accepted socket and its address come boxed (the
+/// future keeps room for its arguments after the handshake has moved them out), and the
+/// start time is kept in 8 bytes.
 pub fn run(
     mut cx: Context,
     accepted: Box<(TcpStream, SocketAddr)>,
