@@ -16,13 +16,19 @@ fn sockgate(args: &[&str]) -> Output {
         .expect("run sockgate")
 }
 
-/// Writes `text` to a file of its own and runs `sockgate check` on it: (exit code, stderr,
-/// the file's path).
-fn check_text(name: &str, text: &str) -> (i32, String, String) {
+/// Writes `text` to `NAME.toml` in this run's temp dir; returns its path.
+fn config_file(name: &str, text: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("sockgate-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).expect("write the config");
+    path
+}
+
+/// Writes `text` to a file of its own and runs `sockgate check` on it: (exit code, stderr,
+/// the file's path).
+fn check_text(name: &str, text: &str) -> (i32, String, String) {
+    let path = config_file(name, text);
     let out = sockgate(&["check", "-c", path.to_str().expect("UTF-8 path")]);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     (
@@ -144,11 +150,8 @@ fn decide_prints_one_json_object() {
 /// `decide` shows the mode of the rule that matched.
 #[test]
 fn decide_shows_the_mode() {
-    let dir = std::env::temp_dir().join(format!("sockgate-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let path = dir.join("audit.toml");
     let text = "[policy]\nmode = \"audit\"\n[[policy.rule]]\nname = \"strict\"\naction = \"deny\"\nfqdn = [\"strict.test\"]\nmode = \"enforce\"\n";
-    std::fs::write(&path, text).expect("write the config");
+    let path = config_file("audit", text);
     let path = path.to_str().expect("UTF-8 path");
     let decide = |fqdn: &str| {
         let out = sockgate(&["decide", "-c", path, "--fqdn", fqdn]);
