@@ -147,6 +147,26 @@ struct Shard {
     closed: Vec<Closed>,
 }
 
+impl Shard {
+    /// Adds a closed `entry`'s bytes, at least those it showed, to the closed totals.
+    fn closed_with(&mut self, entry: Entry, path: Option<Path>, bytes: Bytes) {
+        let bytes = entry.seen.max(bytes);
+        let listener = entry.listener;
+        match self
+            .closed
+            .iter_mut()
+            .find(|c| c.path == path && c.listener == listener)
+        {
+            Some(closed) => closed.bytes.add(bytes),
+            None => self.closed.push(Closed {
+                listener,
+                path,
+                bytes,
+            }),
+        }
+    }
+}
+
 /// Keeps shards on their own cache lines.
 #[repr(align(64))]
 #[derive(Default)]
@@ -262,19 +282,15 @@ impl Connections {
         let Some(entry) = shard.open.remove(&conn) else {
             return;
         };
-        let bytes = entry.seen.max(bytes);
-        let listener = entry.listener;
-        match shard
-            .closed
-            .iter_mut()
-            .find(|c| c.path == path && c.listener == listener)
-        {
-            Some(closed) => closed.bytes.add(bytes),
-            None => shard.closed.push(Closed {
-                listener,
-                path,
-                bytes,
-            }),
+        shard.closed_with(entry, path, bytes);
+    }
+
+    /// Drops `conn`'s row, if it is still open, keeping the bytes it showed.
+    pub fn forget(&self, conn: u64) {
+        let mut shard = self.shard(conn);
+        if let Some(entry) = shard.open.remove(&conn) {
+            let path = entry.relay.as_ref().map(|r| r.path);
+            shard.closed_with(entry, path, Bytes::default());
         }
     }
 

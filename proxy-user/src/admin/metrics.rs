@@ -3,7 +3,8 @@
 //!
 //! The connection path pays atomic increments only: per-listener handles are resolved
 //! when the listener starts, histograms are atomic buckets, and the close kinds are fixed.
-//! The one lookup is `sockgate_connections_total`'s, by reason token (a read lock). What
+//! Relayed connections count through per-listener handles too; only a refusal looks up
+//! `sockgate_connections_total` by its reason token (a read lock). What
 //! changes with every byte (bytes, open connections, kernel map entries) is read at scrape
 //! time instead of counted.
 
@@ -34,6 +35,7 @@ use super::connections::Connections;
 use crate::{
     datapath::{End, Path},
     events::Decision,
+    policy::Action,
 };
 
 /// The `Content-Type` of [`Metrics::encode`]'s text.
@@ -173,7 +175,13 @@ pub struct ListenerMetrics {
     pub name: Arc<str>,
     /// `sockgate_handshake_seconds` of this listener.
     handshake: Timing,
+    /// `sockgate_connections_total` of the enforced allows by [`ALLOWS`]: the connection
+    /// path's common case, counted without building labels.
+    allowed: [Counter; ALLOWS.len()],
 }
+
+/// The reasons of an allow.
+const ALLOWS: [&str; 2] = ["rule", "default"];
 
 /// The registry and the handles the connection path counts through.
 pub struct Metrics {
@@ -272,14 +280,31 @@ impl Metrics {
         let labels = ListenerLabels {
             listener: Arc::clone(&name),
         };
+        let allowed = ALLOWS.map(|reason| {
+            self.decisions.get_or_create_owned(&DecisionLabels {
+                listener: Arc::clone(&name),
+                action: Action::Allow.as_str(),
+                enforced: "true",
+                reason: reason.to_owned(),
+            })
+        });
         ListenerMetrics {
             handshake: self.handshakes.get_or_create_owned(&labels),
+            allowed,
             name,
         }
     }
 
     /// A decision line: `sockgate_connections_total` and `sockgate_handshake_seconds`.
     pub fn decided(&self, listener: &ListenerMetrics, line: &Decision, took: Duration) {
+        listener.handshake.observe(took);
+        if line.action == Action::Allow
+            && line.enforced
+            && let Some(i) = ALLOWS.iter().position(|r| *r == line.reason)
+        {
+            listener.allowed[i].inc();
+            return;
+        }
         let labels = DecisionLabels {
             listener: Arc::clone(&listener.name),
             action: line.action.as_str(),
@@ -287,7 +312,6 @@ impl Metrics {
             reason: reason_token(&line.reason).to_owned(),
         };
         self.decisions.get_or_create(&labels).inc();
-        listener.handshake.observe(took);
     }
 
     /// A connect to a server, successful or not.

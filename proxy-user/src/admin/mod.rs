@@ -158,6 +158,12 @@ impl Admin {
         }
     }
 
+    /// Drops connection `conn`'s row without a close line (its session panicked); the bytes
+    /// it showed stay counted.
+    pub fn forget(&self, conn: u64) {
+        self.connections.forget(conn);
+    }
+
     /// `GET /metrics`.
     pub fn metrics_text(&self) -> String {
         self.metrics.encode()

@@ -61,12 +61,19 @@ pub(super) async fn start_listener(
     Ok(())
 }
 
-/// Counts an open connection until dropped.
-struct Active(Arc<Agent>);
+/// Counts open connection `.1` until dropped.
+struct Active(Arc<Agent>, u64);
 
 impl Drop for Active {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Relaxed);
+        // A session that panicked wrote no close line and left its row; the row goes, so
+        // `/connections` and the open gauge do not keep it forever.
+        if std::thread::panicking()
+            && let Some((_, admin)) = &self.0.admin
+        {
+            admin.forget(self.1);
+        }
     }
 }
 
@@ -93,7 +100,7 @@ async fn accept_loop(agent: Arc<Agent>, listener: TcpListener, info: Arc<Listene
             pulse: agent.pulse.subscribe(),
         };
         let open = agent.active.fetch_add(1, Relaxed) + 1;
-        let guard = Active(Arc::clone(&agent));
+        let guard = Active(Arc::clone(&agent), conn);
         if open > live.limits.max_connections as usize {
             log::warn!(
                 "conn {conn}: over max_connections ({}); reset",

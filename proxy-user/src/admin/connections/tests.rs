@@ -93,3 +93,20 @@ fn states_and_rows() {
     // A refused connection's bytes count under no path.
     assert_eq!(bytes_of(&table.tally(), None), Bytes { up: 517, down: 7 });
 }
+
+/// A session that panicked leaves no row, and the bytes it showed stay counted.
+#[test]
+fn a_forgotten_connection_leaves_no_row() {
+    let table = Connections::default();
+    let up = counting(&table, 1);
+    up.store(30, Relaxed);
+    table.tally();
+    table.open(2, "proxy".into(), client());
+    table.forget(1);
+    table.forget(2);
+    table.forget(3);
+    assert!(table.rows().is_empty());
+    let tally = table.tally();
+    assert!(tally.open.iter().all(|(_, n)| *n == 0), "{tally:?}");
+    assert_eq!(bytes_of(&tally, Some(Path::Sockmap)).up, 30);
+}

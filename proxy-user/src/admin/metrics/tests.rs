@@ -39,6 +39,10 @@ fn every_metric_has_its_name_type_and_labels() {
     line.enforced = false;
     line.reason = "rule".into();
     metrics.decided(&proxy, &line, took);
+    // An allow counts through the listener's own handle.
+    line.enforced = true;
+    line.action = Action::Allow;
+    metrics.decided(&proxy, &line, took);
     metrics.upstream_connected(Duration::from_micros(80));
     metrics.closed(End::Rst, 12);
     metrics.reloaded(true, UNIX_EPOCH + Duration::from_secs(1_700_000_000));
@@ -71,7 +75,12 @@ fn every_metric_has_its_name_type_and_labels() {
     let audited = r#"listener="proxy",action="deny",enforced="false",reason="rule""#;
     assert!(decided.contains(&(enforced, 1.0)), "{decided:?}");
     assert!(decided.contains(&(audited, 1.0)), "{decided:?}");
-    assert_eq!(decided.len(), 2, "{decided:?}");
+    let allowed = r#"listener="proxy",action="allow",enforced="true",reason="rule""#;
+    let by_default = r#"listener="proxy",action="allow",enforced="true",reason="default""#;
+    assert!(decided.contains(&(allowed, 1.0)), "{decided:?}");
+    // Its series exist from the listener's start.
+    assert!(decided.contains(&(by_default, 0.0)), "{decided:?}");
+    assert_eq!(decided.len(), 4, "{decided:?}");
     one(
         "sockgate_connections_open",
         r#"listener="proxy",state="handshake",datapath="none""#,
@@ -87,7 +96,7 @@ fn every_metric_has_its_name_type_and_labels() {
     one("sockgate_config_last_reload_successful", "");
     assert_eq!(
         samples(&text, "sockgate_handshake_seconds_count"),
-        [(r#"listener="proxy""#, 2.0)]
+        [(r#"listener="proxy""#, 3.0)]
     );
     assert_eq!(
         samples(&text, "sockgate_upstream_connect_seconds_count"),
